@@ -1,0 +1,76 @@
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use crate::CryptoError;
+
+/// Version tag of the envelope format. A new format gets a new tag; old ones stay
+/// readable so that stored data never needs a flag day.
+const VERSION: &str = "cg1";
+
+/// An encrypted value as stored: `cg1:<key id>:<base64url(nonce ‖ ciphertext ‖ tag)>`.
+///
+/// Not secret (it is what the store holds), but `Debug` shows only the key id and
+/// the length, which is all anybody reading a log needs.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Sealed(String);
+
+impl Sealed {
+    /// Wraps a stored envelope after checking its shape. Opening it may still fail.
+    pub fn parse(text: impl Into<String>) -> Result<Self, CryptoError> {
+        let text = text.into();
+        split(&text)?;
+        Ok(Self(text))
+    }
+
+    pub(crate) fn assemble(key_id: &str, payload: &[u8]) -> Self {
+        let mut text =
+            String::with_capacity(VERSION.len() + key_id.len() + 2 + payload.len() * 4 / 3 + 4);
+        text.push_str(VERSION);
+        text.push(':');
+        text.push_str(key_id);
+        text.push(':');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut text);
+        Self(text)
+    }
+
+    /// The id of the key that sealed this value.
+    pub fn key_id(&self) -> &str {
+        // `parse` and `assemble` guarantee the shape.
+        split(&self.0).map(|(key_id, _)| key_id).unwrap_or_default()
+    }
+
+    pub(crate) fn payload(&self) -> Result<Vec<u8>, CryptoError> {
+        let (_, payload) = split(&self.0)?;
+        URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| CryptoError::MalformedEnvelope)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+fn split(text: &str) -> Result<(&str, &str), CryptoError> {
+    let rest = text
+        .strip_prefix(VERSION)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .ok_or(CryptoError::MalformedEnvelope)?;
+    let (key_id, payload) = rest.split_once(':').ok_or(CryptoError::MalformedEnvelope)?;
+    if key_id.is_empty() || payload.is_empty() {
+        return Err(CryptoError::MalformedEnvelope);
+    }
+    Ok((key_id, payload))
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealed({}, {} bytes)", self.key_id(), self.0.len())
+    }
+}
