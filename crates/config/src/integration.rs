@@ -405,7 +405,9 @@ impl Integration {
         for (name, field) in &self.metadata {
             if let Some(pattern) = &field.pattern {
                 let path = format!("metadata.{name}.pattern");
-                if let Err(message) = check_url(&pattern.replace('*', "x")) {
+                if pattern.matches('*').count() > 1 {
+                    errors.error(path, "use at most one `*` (it stands for one DNS label)");
+                } else if let Err(message) = check_url(&pattern.replace('*', "x")) {
                     errors.error(path, message);
                 }
             }

@@ -29,7 +29,7 @@ pub use integration::*;
 pub use secret_ref::{Env, OsEnv, Resolved, SecretError, SecretRef, ValueOrRef};
 pub use server::*;
 pub use template::{Part, Template, TemplateError};
-pub use url::{check_url, is_loopback_host};
+pub use url::{check_url, is_loopback_host, matches_pattern};
 
 use error::{file_error, Collector};
 use position::PositionIndex;

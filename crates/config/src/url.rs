@@ -36,9 +36,67 @@ pub fn is_loopback_host(host: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `value` is an origin that `pattern` allows. In the pattern `*` stands
+/// for exactly one DNS label (`https://*.my.salesforce.com` allows
+/// `https://acme.my.salesforce.com`, not `https://a.b.my.salesforce.com` nor
+/// `https://evil.com/.my.salesforce.com`). A trailing `/` on the value is ignored;
+/// any other path, a query or user info is refused.
+pub fn matches_pattern(value: &str, pattern: &str) -> bool {
+    let value = value
+        .strip_suffix('/')
+        .unwrap_or(value)
+        .to_ascii_lowercase();
+    let pattern = pattern.to_ascii_lowercase();
+    let Some((prefix, suffix)) = pattern.split_once('*') else {
+        return value == pattern;
+    };
+    if suffix.contains('*') || value.len() < prefix.len() + suffix.len() {
+        return false;
+    }
+    let Some(label) = value
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(suffix))
+    else {
+        return false;
+    };
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_match_exactly_one_label() {
+        let p = "https://*.my.salesforce.com";
+        assert!(matches_pattern("https://acme.my.salesforce.com", p));
+        assert!(matches_pattern("https://ACME-2.my.salesforce.com/", p));
+        for bad in [
+            "https://a.b.my.salesforce.com",
+            "https://evil.com/.my.salesforce.com",
+            "https://evil.com?.my.salesforce.com",
+            "https://evil.com#.my.salesforce.com",
+            "https://u@x.my.salesforce.com",
+            "http://acme.my.salesforce.com",
+            "https://.my.salesforce.com",
+            "https://-a.my.salesforce.com",
+            "https://acme.my.salesforce.com.evil.com",
+            "https://acme.my.salesforce.com/path",
+            "https://acme.my.salesforce.com:8443",
+        ] {
+            assert!(!matches_pattern(bad, p), "{bad}");
+        }
+        assert!(matches_pattern(
+            "https://api.example.com",
+            "https://api.example.com"
+        ));
+    }
 
     #[test]
     fn https_everywhere_http_on_loopback() {
