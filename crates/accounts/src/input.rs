@@ -11,6 +11,9 @@ use serde_json::{Map, Value};
 use crate::AccountError;
 
 /// `POST /v1/accounts`.
+///
+/// Build it from JSON with [`CreateAccount::from_json`], not serde: serde's type
+/// errors quote the offending value, which may be a secret sent in the wrong place.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
@@ -35,6 +38,80 @@ pub struct PatchAccount {
     /// Optional optimistic-concurrency guard: refuse if the account has moved on.
     #[serde(default)]
     pub version: Option<i64>,
+}
+
+impl CreateAccount {
+    pub fn from_json(body: Value) -> Result<Self, AccountError> {
+        let mut object = into_object(body, "body")?;
+        only_fields(
+            &object,
+            &["id", "integration", "credentials", "metadata"],
+            "",
+        )?;
+        Ok(Self {
+            id: take_string(&mut object, "id")?,
+            integration: take_string(&mut object, "integration")?,
+            credentials: take_object(&mut object, "credentials")?.unwrap_or_default(),
+            metadata: take_object(&mut object, "metadata")?.unwrap_or_default(),
+        })
+    }
+}
+
+impl PatchAccount {
+    pub fn from_json(body: Value) -> Result<Self, AccountError> {
+        let mut object = into_object(body, "body")?;
+        only_fields(&object, &["credentials", "metadata", "version"], "")?;
+        let version = match object.remove("version") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.is_i64() => n.as_i64(),
+            Some(_) => return Err(AccountError::invalid("version", "must be an integer")),
+        };
+        Ok(Self {
+            credentials: take_object(&mut object, "credentials")?,
+            metadata: take_object(&mut object, "metadata")?,
+            version,
+        })
+    }
+}
+
+fn into_object(value: Value, field: &str) -> Result<Map<String, Value>, AccountError> {
+    match value {
+        Value::Object(object) => Ok(object),
+        _ => Err(AccountError::invalid(field, "must be a JSON object")),
+    }
+}
+
+fn only_fields(
+    object: &Map<String, Value>,
+    allowed: &[&str],
+    prefix: &str,
+) -> Result<(), AccountError> {
+    match object.keys().find(|key| !allowed.contains(&key.as_str())) {
+        Some(key) => Err(AccountError::invalid(
+            format!("{prefix}{key}"),
+            format!("unknown field (expected: {})", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn take_string(object: &mut Map<String, Value>, field: &str) -> Result<String, AccountError> {
+    match object.remove(field) {
+        Some(Value::String(text)) => Ok(text),
+        None | Some(Value::Null) => Err(AccountError::invalid(field, "is required")),
+        Some(_) => Err(AccountError::invalid(field, "must be a string")),
+    }
+}
+
+fn take_object(
+    object: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Option<Map<String, Value>>, AccountError> {
+    match object.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(inner)) => Ok(Some(inner)),
+        Some(_) => Err(AccountError::invalid(field, "must be a JSON object")),
+    }
 }
 
 /// Non-secret fields of an OAuth token response that may be given at creation.

@@ -1,0 +1,104 @@
+//! `credgate serve`: unlock the store, start the listeners, wait for a signal, drain.
+
+use std::sync::Arc;
+
+use credgate_accounts::Accounts;
+use credgate_admin::AdminState;
+use credgate_config::{Config, OsEnv, ServerConfig, StoreUrl};
+use credgate_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::exit::{Code, Failure};
+use crate::secrets;
+
+pub async fn run(config: Config) -> Result<(), Failure> {
+    let accounts = unlock(&config).await?;
+    let token = secrets::admin_token(&config.server, &OsEnv)?;
+    if token.is_none() {
+        tracing::warn!(
+            "the admin API has no token: anyone on this host can use it (allowed on loopback only)"
+        );
+    }
+
+    let admin_listener = bind(config.server.admin.listen, "admin").await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(());
+    let state = Arc::new(AdminState { accounts, token });
+    let admin = tokio::spawn(credgate_admin::serve(admin_listener, state, shutdown_rx));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = shutdown_tx.send(());
+    let _ = admin.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the store and proves the configured keys are the right ones.
+pub async fn unlock(config: &Config) -> Result<Accounts, Failure> {
+    let keyring = secrets::keyring(&config.server, &OsEnv)?;
+    let store = open_store(&config.server)?;
+    Accounts::unlock(
+        store,
+        Arc::new(keyring),
+        Arc::new(config.integrations.clone()),
+    )
+    .await
+    .map_err(|error| Failure::new(Code::Failure, format!("refusing to start: {error}")))
+}
+
+fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, Failure> {
+    match config.store_url() {
+        Some(StoreUrl::Sqlite(path)) => SqliteStore::open(&path)
+            .map(|store| Arc::new(store) as Arc<dyn Store>)
+            .map_err(|e| {
+                Failure::new(
+                    Code::Failure,
+                    format!("cannot open the store at {}: {e}", path.display()),
+                )
+            }),
+        Some(StoreUrl::Postgres(_)) => Err(Failure::new(
+            Code::Config,
+            "store.url: the PostgreSQL backend is not available in this build yet; use sqlite://",
+        )),
+        None => Err(Failure::new(
+            Code::Config,
+            "store.url: must be sqlite://<path> or postgres://…",
+        )),
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr, name: &str) -> Result<TcpListener, Failure> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        Failure::new(
+            Code::Failure,
+            format!("cannot listen on {addr} ({name}): {e}"),
+        )
+    })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    // Tests and operators read the real address from this line (port 0 is allowed).
+    tracing::info!(listener = name, addr = %local, "listening");
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
