@@ -1,1 +1,31 @@
-//! placeholder
+//! Test support: real-process helpers shared by the integration tests.
+//!
+//! [`Credgate`] runs the real `credgate` binary against a temporary config, store
+//! and key, captures everything it logs, and finds the port it bound from its own
+//! `listening` log line, so tests never pick a fixed port.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod http_client;
+mod process;
+
+pub use http_client::{http, Reply};
+pub use process::{credgate_binary, random_key, workspace_root, Credgate, Deployment};
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
