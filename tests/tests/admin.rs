@@ -422,12 +422,11 @@ async fn kill_9_mid_write_loses_no_acknowledged_account() {
         );
     }
     server.stop();
-    let integrity = std::process::Command::new("python3")
-        .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])"])
-        .arg(deployment.db_path())
-        .output()
+    let db = rusqlite::Connection::open(deployment.db_path()).unwrap();
+    let integrity: String = db
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&integrity.stdout).trim(), "ok");
+    assert_eq!(integrity, "ok");
 }
 
 #[tokio::test]

@@ -159,8 +159,8 @@ impl Keyring {
         sealed: &Sealed,
     ) -> Result<SecretString, CryptoError> {
         let cipher = self.cipher(sealed.key_id())?;
-        let plaintext = open_with(cipher, account, field, sealed)?;
-        let text = String::from_utf8(plaintext.to_vec()).map_err(|_| CryptoError::NotUtf8)?;
+        let (buffer, range) = open_with(cipher, account, field, sealed)?;
+        let text = std::str::from_utf8(&buffer[range]).map_err(|_| CryptoError::NotUtf8)?;
         Ok(SecretString::new(text))
     }
 
@@ -203,7 +203,7 @@ impl Keyring {
             check.key_id.as_str(),
             &check.sealed,
         ) {
-            Ok(plaintext) if plaintext.as_slice() == KEY_CHECK_PLAINTEXT => Ok(true),
+            Ok((buffer, range)) if buffer[range.clone()] == *KEY_CHECK_PLAINTEXT => Ok(true),
             _ => Err(CryptoError::KeyCheckFailed(check.key_id.to_string())),
         }
     }
@@ -262,28 +262,30 @@ fn seal_with(
     Ok(Sealed::assemble(key_id.as_str(), &payload))
 }
 
+/// Opens `sealed` in place: one base64 decode into a buffer that is decrypted where
+/// it lies and zeroized on drop. Returns the buffer and the plaintext's range in it.
 fn open_with(
     cipher: &Aes256Gcm,
     account: &str,
     field: &str,
     sealed: &Sealed,
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let payload = Zeroizing::new(sealed.payload()?);
-    if payload.len() < NONCE_LEN + TAG_LEN {
+) -> Result<(Zeroizing<Vec<u8>>, std::ops::Range<usize>), CryptoError> {
+    let mut payload = Zeroizing::new(sealed.payload()?);
+    let len = payload.len();
+    if len < NONCE_LEN + TAG_LEN {
         return Err(CryptoError::MalformedEnvelope);
     }
-    let (nonce, rest) = payload.split_at(NONCE_LEN);
-    let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let mut buffer = Zeroizing::new(ciphertext.to_vec());
+    let (nonce, rest) = payload.split_at_mut(NONCE_LEN);
+    let (ciphertext, tag) = rest.split_at_mut(len - NONCE_LEN - TAG_LEN);
     cipher
         .decrypt_in_place_detached(
             Nonce::from_slice(nonce),
             &associated_data(account, field),
-            &mut buffer[..],
-            tag.into(),
+            ciphertext,
+            aes_gcm::Tag::from_slice(tag),
         )
         .map_err(|_| CryptoError::Decrypt)?;
-    Ok(buffer)
+    Ok((payload, NONCE_LEN..len - TAG_LEN))
 }
 
 #[cfg(test)]
