@@ -10,92 +10,64 @@ mod auth;
 mod response;
 mod routes;
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use credgate_accounts::Accounts;
 use credgate_crypto::SecretString;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use credgate_listener::Limits;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-/// Most concurrent admin connections; the admin API is for operators and scripts.
-const MAX_CONNECTIONS: usize = 256;
 /// A request body larger than this is refused (accounts are small).
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests get to finish at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the admin handlers share.
-#[derive(Debug)]
 pub struct AdminState {
     pub accounts: Accounts,
     /// The bearer token for `/v1`. `None` only on a loopback listener (validated
     /// by the config); compared in constant time.
     pub token: Option<SecretString>,
+    /// Called with an account id after every change, so caches (the proxy's)
+    /// drop their copy.
+    pub on_change: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+}
+
+impl AdminState {
+    pub(crate) fn changed(&self, id: &str) {
+        if let Some(on_change) = &self.on_change {
+            on_change(id);
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("accounts", &self.accounts)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serves the admin API on `listener` until `shutdown` changes, then lets
-/// in-flight requests finish (up to a drain timeout).
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    mut shutdown: watch::Receiver<()>,
-) {
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.changed() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let state = Arc::clone(&state);
-        let service = service_fn(move |request: hyper::Request<Incoming>| {
+/// in-flight requests finish.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<()>) {
+    let limits = Limits {
+        // The admin API is for operators and scripts.
+        max_connections: 256,
+        ..Limits::default()
+    };
+    credgate_listener::serve(
+        listener,
+        limits,
+        |_peer| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(routes::handle(&state, request).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "admin connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("admin connections did not drain in time");
-    }
+            hyper::service::service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, request).await) }
+            })
+        },
+        shutdown,
+    )
+    .await;
 }

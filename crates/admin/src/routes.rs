@@ -43,7 +43,10 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Body>
             patch_account(state, &id, request).await
         }
         (["v1", "accounts", id], Method::DELETE) => match state.accounts.delete(id).await {
-            Ok(()) => response::no_content(),
+            Ok(()) => {
+                state.changed(id);
+                response::no_content()
+            }
             Err(error) => response::account_error(&error),
         },
         (["v1", "integrations"], Method::GET) => {
@@ -91,7 +94,14 @@ async fn create_account(state: &AdminState, request: Request<Incoming>) -> Respo
         Err(response) => return response,
     };
     match CreateAccount::from_json(body) {
-        Ok(input) => result(state.accounts.create(input).await, StatusCode::CREATED),
+        Ok(input) => {
+            let id = input.id.clone();
+            let outcome = state.accounts.create(input).await;
+            if outcome.is_ok() {
+                state.changed(&id);
+            }
+            result(outcome, StatusCode::CREATED)
+        }
         Err(error) => response::account_error(&error),
     }
 }
@@ -102,7 +112,13 @@ async fn patch_account(state: &AdminState, id: &str, request: Request<Incoming>)
         Err(response) => return response,
     };
     match PatchAccount::from_json(body) {
-        Ok(patch) => result(state.accounts.patch(id, patch).await, StatusCode::OK),
+        Ok(patch) => {
+            let outcome = state.accounts.patch(id, patch).await;
+            if outcome.is_ok() {
+                state.changed(id);
+            }
+            result(outcome, StatusCode::OK)
+        }
         Err(error) => response::account_error(&error),
     }
 }

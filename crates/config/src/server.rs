@@ -40,10 +40,27 @@ fn default_integrations_dir() -> PathBuf {
 pub struct ProxyConfig {
     #[serde(default = "default_proxy_listen")]
     pub listen: SocketAddr,
+    /// Forward requests that name no account, untouched and without credentials.
     #[serde(default)]
     pub passthrough: bool,
+    /// Allow upstreams on loopback, private, link-local and metadata addresses.
     #[serde(default)]
     pub allow_private_upstreams: bool,
+    /// Application keys; when any are configured, every proxied request needs one.
+    #[serde(default)]
+    pub app_keys: Vec<AppKeyConfig>,
+    /// PEM file of extra CA certificates trusted for upstream TLS (besides webpki roots).
+    #[serde(default)]
+    pub extra_ca_file: Option<PathBuf>,
+    /// Time an upstream gets to answer with response headers.
+    #[serde(default = "default_upstream_timeout", with = "crate::duration")]
+    pub upstream_timeout: Duration,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_header_read_timeout", with = "crate::duration")]
+    pub header_read_timeout: Duration,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -52,8 +69,48 @@ impl Default for ProxyConfig {
             listen: default_proxy_listen(),
             passthrough: false,
             allow_private_upstreams: false,
+            app_keys: Vec::new(),
+            extra_ca_file: None,
+            upstream_timeout: default_upstream_timeout(),
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
+}
+
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+/// An application allowed to use the proxy. The key itself is never in the config:
+/// either its SHA-256 (`sha256: <hex>`, from `credgate app-key`) or a reference.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppKeyConfig {
+    pub name: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub key: Option<SecretRef>,
+    /// Account ids this key may use; empty means any.
+    #[serde(default)]
+    pub accounts: Vec<String>,
+    /// Integrations this key may use; empty means any.
+    #[serde(default)]
+    pub integrations: Vec<String>,
 }
 
 fn default_proxy_listen() -> SocketAddr {
@@ -203,6 +260,16 @@ impl ServerConfig {
         if let Some(token) = &mut self.admin.token {
             token.rebase(base);
         }
+        for app in &mut self.proxy.app_keys {
+            if let Some(key) = &mut app.key {
+                key.rebase(base);
+            }
+        }
+        if let Some(path) = &mut self.proxy.extra_ca_file {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
         for hook in &mut self.webhooks {
             hook.secret.rebase(base);
         }
@@ -244,6 +311,32 @@ impl ServerConfig {
                 "admin.token",
                 "an admin listener on a non-loopback address needs a token ({ from_env: CREDGATE_ADMIN_TOKEN })",
             );
+        }
+        if self.proxy.app_keys.is_empty() && !self.proxy.listen.ip().is_loopback() {
+            errors.error(
+                "proxy.app_keys",
+                "a proxy listener on a non-loopback address needs app keys, or anyone who reaches it can use every credential",
+            );
+        }
+        for (i, app) in self.proxy.app_keys.iter().enumerate() {
+            match (&app.sha256, &app.key) {
+                (Some(hash), None) => {
+                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        errors.error(
+                            format!("proxy.app_keys[{i}].sha256"),
+                            "must be 64 hex characters",
+                        );
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => errors.error(
+                    format!("proxy.app_keys[{i}]"),
+                    "give exactly one of sha256 or key",
+                ),
+            }
+        }
+        if self.proxy.max_connections == 0 {
+            errors.error("proxy.max_connections", "must be at least 1");
         }
         if let Some(redis) = &self.redis {
             if !(redis.url.starts_with("redis://")

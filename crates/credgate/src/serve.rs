@@ -23,7 +23,11 @@ pub async fn run(config: Config) -> Result<(), Failure> {
 
     let admin_listener = bind(config.server.admin.listen, "admin").await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(());
-    let state = Arc::new(AdminState { accounts, token });
+    let state = Arc::new(AdminState {
+        accounts,
+        token,
+        on_change: None,
+    });
     let admin = tokio::spawn(credgate_admin::serve(admin_listener, state, shutdown_rx));
 
     shutdown_signal().await;

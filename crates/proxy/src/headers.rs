@@ -1,0 +1,81 @@
+//! What never crosses the proxy: hop-by-hop headers (RFC 9110 section 7.6.1,
+//! including every header named in `Connection`), proxy credentials, and our own
+//! `credgate-*` control headers.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Hop-by-hop headers that are removed whether or not `Connection` names them.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Non-standard but widespread hop-by-hop headers.
+const LEGACY_HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection"];
+
+pub const CREDGATE_PREFIX: &str = "credgate-";
+
+/// Removes hop-by-hop and proxy headers, in place.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    for name in LEGACY_HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Removes every `credgate-*` header (account selection, app key, …).
+pub fn strip_credgate(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(CREDGATE_PREFIX))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_listed_headers() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic abc"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-secret-hop", "1"),
+            ("credgate-account", "acme"),
+            ("credgate-app-key", "k"),
+            ("accept", "application/json"),
+            ("authorization", "Bearer app"),
+        ] {
+            headers.append(name, value.parse().unwrap());
+        }
+        strip_hop_by_hop(&mut headers);
+        strip_credgate(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept", "authorization"]);
+    }
+}

@@ -1,0 +1,338 @@
+//! The data path: accept a request, find its account, inject the credential, forward
+//! it to the vendor over a pooled client, and normalize the vendor's rate-limit
+//! answer. DESIGN.md's "Data path" section, step by step, is [`Proxy::handle`].
+#![forbid(unsafe_code)]
+
+pub mod appkeys;
+pub mod cache;
+mod connect;
+mod error;
+pub mod headers;
+pub mod inject;
+pub mod ratelimit;
+pub mod target;
+pub mod upstream;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use credgate_crypto::Keyring;
+use credgate_listener::Limits;
+use credgate_store::Status;
+use http::{header, HeaderMap, Method, Request, Response, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use appkeys::AppKeys;
+pub use cache::{AccountCache, Entry};
+pub use error::{Origin as ErrorOrigin, ProxyError};
+use inject::Injection;
+use target::Target;
+pub use upstream::UpstreamClient;
+
+/// Responses are the vendor's body streamed through, or our own small JSON body.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Makes an account's credential fresh before use. The lifecycle engine provides
+/// one that joins the single-flight refresh; without it the stored token is used
+/// as it is.
+pub type Freshen = Arc<
+    dyn Fn(Arc<Entry>) -> Pin<Box<dyn Future<Output = Result<Arc<Entry>, ProxyError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The header naming the account, for clients that can set headers.
+pub const ACCOUNT_HEADER: &str = "credgate-account";
+/// The app key, for clients that cannot use `Proxy-Authorization`.
+pub const APP_KEY_HEADER: &str = "credgate-app-key";
+
+/// Everything the data path needs. Shared by all connections behind an `Arc`.
+pub struct Proxy {
+    pub cache: Arc<AccountCache>,
+    pub keyring: Arc<Keyring>,
+    pub integrations: Arc<credgate_config::Integrations>,
+    pub app_keys: AppKeys,
+    pub client: UpstreamClient,
+    pub passthrough: bool,
+    pub allow_private_upstreams: bool,
+    pub upstream_timeout: Duration,
+    pub freshen: Option<Freshen>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("passthrough", &self.passthrough)
+            .field("allow_private_upstreams", &self.allow_private_upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who the request says it is: the account and the app key, both optional.
+struct Caller {
+    account: Option<String>,
+    app_key: Option<String>,
+}
+
+impl Proxy {
+    /// Handles one request; never fails (refusals are responses).
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let caller = match caller(request.headers()) {
+            Ok(caller) => caller,
+            Err(error) => return error.into_response(None).map(Either::Right),
+        };
+        let account = caller.account.clone();
+        let outcome = if method == Method::CONNECT {
+            connect::tunnel(self, request, &caller).await
+        } else {
+            self.forward(request, caller).await
+        };
+        match outcome {
+            Ok(response) => {
+                tracing::debug!(
+                    account.id = account.as_deref().unwrap_or("-"),
+                    http.method = %method,
+                    http.status = response.status().as_u16(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "proxied"
+                );
+                response
+            }
+            Err(error) => {
+                let account = account.as_deref();
+                match error.origin() {
+                    ErrorOrigin::Client => {
+                        tracing::info!(account.id = account.unwrap_or("-"), code = error.code(), %error, "refused")
+                    }
+                    ErrorOrigin::Vendor => {
+                        tracing::warn!(account.id = account.unwrap_or("-"), code = error.code(), %error, "upstream failed")
+                    }
+                    ErrorOrigin::Credgate => {}
+                }
+                error.into_response(account).map(Either::Right)
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        caller: Caller,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let target = Target::from_request(&request)?;
+        let app = self
+            .app_keys
+            .authenticate(caller.app_key.as_deref())
+            .ok_or(ProxyError::ProxyAuthRequired(
+                "a valid app key is required (the proxy password, or credgate-app-key)",
+            ))?;
+        let Some(account_id) = caller.account else {
+            if self.passthrough {
+                return self.send(request, &target, None, None).await;
+            }
+            return Err(ProxyError::ProxyAuthRequired(
+                "name an account: the credgate-account header or the proxy user name",
+            ));
+        };
+        if !app.may_use_account(&account_id) {
+            return Err(ProxyError::AccountNotFound);
+        }
+        let entry = self
+            .cache
+            .get(&account_id)
+            .await
+            .map_err(|e| ProxyError::Internal(format!("store: {e}")))?
+            .ok_or(ProxyError::AccountNotFound)?;
+        if !app.may_use_integration(&entry.integration.name) {
+            return Err(ProxyError::AccountNotFound);
+        }
+        match entry.account.status {
+            Status::Active => {}
+            Status::NeedsReauth => return Err(ProxyError::NeedsReauth),
+            Status::Error => {
+                return Err(ProxyError::RefreshUnavailable {
+                    retry_after_secs: 60,
+                })
+            }
+        }
+        let origin = target.find_origin(&entry.origins).ok_or_else(|| {
+            ProxyError::HostNotAllowed(format!(
+                "{} is not a base URL of integration {}",
+                target.host, entry.integration.name
+            ))
+        })?;
+        let entry = match &self.freshen {
+            Some(freshen) => freshen(entry.clone()).await?,
+            None => entry.clone(),
+        };
+        let injection = inject::render(&entry.account, &entry.integration, &self.keyring)?;
+        self.send(request, &target, Some((origin, injection)), Some(&entry))
+            .await
+    }
+
+    /// Sends the request upstream with the injection applied and returns the
+    /// vendor's response with hop-by-hop headers removed and rate limits normalized.
+    async fn send(
+        &self,
+        request: Request<Incoming>,
+        target: &Target,
+        credential: Option<(&target::Origin, Injection)>,
+        entry: Option<&Entry>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = request.into_parts();
+        let passthrough_origin;
+        let (origin, injection) = match credential {
+            Some((origin, injection)) => (origin, Some(injection)),
+            None => {
+                passthrough_origin = target::Origin {
+                    scheme: target.scheme.clone(),
+                    host: target.host.clone(),
+                    port: target
+                        .port
+                        .unwrap_or(if target.scheme == http::uri::Scheme::HTTPS {
+                            443
+                        } else {
+                            80
+                        }),
+                    path: String::new(),
+                };
+                (&passthrough_origin, None)
+            }
+        };
+        if !self.allow_private_upstreams {
+            if let Some(ip) = origin
+                .host
+                .parse()
+                .ok()
+                .filter(|ip| upstream::is_forbidden(*ip))
+            {
+                return Err(ProxyError::HostNotAllowed(format!(
+                    "{ip} is a private address (set proxy.allow_private_upstreams to allow it)"
+                )));
+            }
+        }
+        let query = match &injection {
+            Some(Injection::Query(pair)) => Some(pair.as_str()),
+            _ => None,
+        };
+        parts.uri = target.upstream_uri(origin, query)?;
+        parts.version = Version::HTTP_11;
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_credgate(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        if injection.is_some() {
+            // The app's own credential never reaches the vendor.
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        if let Some(Injection::Header(name, value)) = injection {
+            parts.headers.insert(name, value);
+        }
+        let request = Request::from_parts(parts, body);
+        let response = match tokio::time::timeout(
+            self.upstream_timeout,
+            self.client.request(request),
+        )
+        .await
+        {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(self.upstream_timeout.as_secs())),
+            Ok(Err(error)) => {
+                if upstream::refused_by_policy(&error) {
+                    return Err(ProxyError::HostNotAllowed(format!(
+                        "{} resolves to a private address (set proxy.allow_private_upstreams to allow it)",
+                        origin.host
+                    )));
+                }
+                return Err(ProxyError::UpstreamUnreachable(error_chain(&error)));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let mapping = entry.and_then(|e| e.integration.rate_limit.as_ref());
+        ratelimit::normalize(&mut parts.headers, mapping, parts.status, SystemTime::now());
+        Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+}
+
+/// Reads the account and app key from `credgate-account`, `credgate-app-key` and
+/// `Proxy-Authorization: Basic base64(account:app-key)`.
+fn caller(headers: &HeaderMap) -> Result<Caller, ProxyError> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+    };
+    let mut account = text(ACCOUNT_HEADER).map(str::to_owned);
+    let mut app_key = text(APP_KEY_HEADER).map(str::to_owned);
+    if let Some(value) = headers.get(header::PROXY_AUTHORIZATION) {
+        let malformed = ProxyError::ProxyAuthRequired(
+            "Proxy-Authorization must be Basic base64(account:app-key)",
+        );
+        let encoded = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
+            .ok_or(malformed)?;
+        let decoded = zeroize::Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| {
+            ProxyError::ProxyAuthRequired("Proxy-Authorization is not valid base64")
+        })?);
+        let text = std::str::from_utf8(&decoded)
+            .map_err(|_| ProxyError::ProxyAuthRequired("Proxy-Authorization is not UTF-8"))?;
+        let (user, password) = text.split_once(':').unwrap_or((text, ""));
+        if account.is_none() && !user.is_empty() {
+            account = Some(user.to_owned());
+        }
+        if app_key.is_none() && !password.is_empty() {
+            app_key = Some(password.to_owned());
+        }
+    }
+    Ok(Caller { account, app_key })
+}
+
+/// An error and its sources, for a 502 message. Connection errors name hosts and
+/// OS errors, never request content.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(source) = current {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        current = source.source();
+    }
+    text
+}
+
+/// Serves the proxy on `listener` until `shutdown` changes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    shutdown: watch::Receiver<()>,
+) {
+    credgate_listener::serve(
+        listener,
+        limits,
+        |_peer| {
+            let proxy = Arc::clone(&proxy);
+            hyper::service::service_fn(move |request| {
+                let proxy = Arc::clone(&proxy);
+                async move { Ok::<_, std::convert::Infallible>(proxy.handle(request).await) }
+            })
+        },
+        shutdown,
+    )
+    .await;
+}

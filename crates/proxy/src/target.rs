@@ -1,0 +1,289 @@
+//! Where a request wants to go, and whether its account's credential may go there.
+//!
+//! An account's integration lists `base_urls`; templated entries take values from
+//! account metadata, which must match the integration's declared pattern (checked
+//! again here, not only when the metadata was written). A request is allowed when its
+//! host and port equal an origin's and its path lies under the origin's path. An
+//! `http://` request to an origin declared `https://` is sent as `https://`: the app
+//! talks plain HTTP to the proxy, the proxy originates TLS.
+
+use std::net::IpAddr;
+
+use credgate_config::{matches_pattern, Integration};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, Request, Uri};
+use serde_json::{Map, Value};
+
+use crate::ProxyError;
+
+/// The destination a request names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub scheme: Scheme,
+    pub host: String,
+    /// The port written in the request, if any.
+    pub port: Option<u16>,
+    pub path_and_query: PathAndQuery,
+}
+
+/// One place an integration's credentials may be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing `/` (empty for the whole host).
+    pub path: String,
+}
+
+impl Target {
+    /// Reads the target from an absolute-form URI (what `HTTP_PROXY` clients send)
+    /// or from origin-form plus `Host`.
+    pub fn from_request<B>(request: &Request<B>) -> Result<Self, ProxyError> {
+        let uri = request.uri();
+        let path_and_query = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if !path_and_query.path().starts_with('/') {
+            return Err(ProxyError::BadRequest(
+                "the request path must start with /".into(),
+            ));
+        }
+        if has_dot_segments(path_and_query.path()) {
+            return Err(ProxyError::BadRequest(
+                "the request path must not contain . or .. segments".into(),
+            ));
+        }
+        let (scheme, authority) = match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => (scheme.clone(), authority.clone()),
+            (None, None) => {
+                let host = request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .ok_or_else(|| {
+                        ProxyError::BadRequest("send an absolute URI or a Host header".into())
+                    })?;
+                let authority: Authority = host.parse().map_err(|_| {
+                    ProxyError::BadRequest("the Host header is not a valid host".into())
+                })?;
+                (Scheme::HTTP, authority)
+            }
+            _ => {
+                return Err(ProxyError::BadRequest(
+                    "the request URI is incomplete".into(),
+                ))
+            }
+        };
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(ProxyError::BadRequest(
+                "only http and https URIs can be proxied".into(),
+            ));
+        }
+        if authority.as_str().contains('@') {
+            return Err(ProxyError::BadRequest(
+                "user info in the request URI is not allowed".into(),
+            ));
+        }
+        Ok(Self {
+            scheme,
+            host: authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
+            port: authority.port_u16(),
+            path_and_query,
+        })
+    }
+
+    /// The host as an IP address, if it is one (those bypass DNS, so the address
+    /// policy is applied to them directly).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
+    /// The first origin this target lies within.
+    pub fn find_origin<'a>(&self, origins: &'a [Origin]) -> Option<&'a Origin> {
+        origins.iter().find(|origin| {
+            origin.host == self.host
+                && self.port.is_none_or(|port| port == origin.port)
+                // Never downgrade: an https request may only go to an https origin.
+                && (self.scheme == origin.scheme || self.scheme == Scheme::HTTP)
+                && under(self.path_and_query.path(), &origin.path)
+        })
+    }
+
+    /// The URI to send upstream: the origin's scheme and port, the request's path.
+    pub fn upstream_uri(
+        &self,
+        origin: &Origin,
+        extra_query: Option<&str>,
+    ) -> Result<Uri, ProxyError> {
+        let default_port = if origin.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let host = if origin.host.contains(':') {
+            format!("[{}]", origin.host)
+        } else {
+            origin.host.clone()
+        };
+        let authority = if origin.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", origin.port)
+        };
+        let path_and_query = match extra_query {
+            None => self.path_and_query.as_str().to_owned(),
+            Some(extra) => match self.path_and_query.query() {
+                Some(query) if !query.is_empty() => {
+                    format!("{}?{query}&{extra}", self.path_and_query.path())
+                }
+                _ => format!("{}?{extra}", self.path_and_query.path()),
+            },
+        };
+        Uri::builder()
+            .scheme(origin.scheme.clone())
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("cannot build the upstream URI".into()))
+    }
+}
+
+/// Renders an integration's base URLs for one account. A templated entry whose
+/// metadata is missing or does not match its declared pattern yields no origin.
+pub fn origins(integration: &Integration, metadata: &Map<String, Value>) -> Vec<Origin> {
+    let mut origins = Vec::with_capacity(integration.base_urls.len());
+    for template in &integration.base_urls {
+        let mut rendered = String::new();
+        let complete = template.render_into(&mut rendered, |var, out| {
+            let Some(name) = var.strip_prefix("metadata.") else {
+                return false;
+            };
+            let pattern = integration
+                .metadata
+                .get(name)
+                .and_then(|field| field.pattern.as_deref());
+            match (metadata.get(name).and_then(Value::as_str), pattern) {
+                (Some(value), Some(pattern)) if matches_pattern(value, pattern) => {
+                    out.push_str(value.trim_end_matches('/'));
+                    true
+                }
+                _ => false,
+            }
+        });
+        if complete.is_ok() {
+            if let Some(origin) = parse_origin(&rendered) {
+                origins.push(origin);
+            }
+        }
+    }
+    origins
+}
+
+fn parse_origin(url: &str) -> Option<Origin> {
+    let uri: Uri = url.parse().ok()?;
+    let scheme = uri.scheme()?.clone();
+    let authority = uri.authority()?;
+    let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+    Some(Origin {
+        host: authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase(),
+        port: authority.port_u16().unwrap_or(default_port),
+        path: uri.path().trim_end_matches('/').to_owned(),
+        scheme,
+    })
+}
+
+/// Whether `path` is `prefix` or below it, on a segment boundary.
+fn under(path: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// `.` and `..` segments, also percent-encoded: an origin would resolve them and
+/// could escape a base URL's path prefix.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut builder = Request::get(uri);
+        if let Some(host) = host {
+            builder = builder.header("host", host);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn origin(url: &str) -> Origin {
+        parse_origin(url).unwrap()
+    }
+
+    #[test]
+    fn absolute_and_origin_form() {
+        let t = Target::from_request(&request("http://API.Stripe.com/v1/charges?limit=3", None))
+            .unwrap();
+        assert_eq!(
+            (t.scheme.as_str(), t.host.as_str(), t.port),
+            ("http", "api.stripe.com", None)
+        );
+        assert_eq!(t.path_and_query.as_str(), "/v1/charges?limit=3");
+        let t = Target::from_request(&request("/v1/charges", Some("api.stripe.com:8080"))).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("api.stripe.com", Some(8080)));
+        assert!(Target::from_request(&request("/v1", None)).is_err());
+        assert!(Target::from_request(&request("http://a.com/x/../admin", None)).is_err());
+        assert!(Target::from_request(&request("http://a.com/x/%2E%2e/admin", None)).is_err());
+    }
+
+    #[test]
+    fn http_is_upgraded_to_the_declared_https_origin() {
+        let origins = [origin("https://api.stripe.com")];
+        let t =
+            Target::from_request(&request("http://api.stripe.com/v1/charges?x=1", None)).unwrap();
+        let found = t.find_origin(&origins).unwrap();
+        assert_eq!(
+            t.upstream_uri(found, Some("key=v")).unwrap().to_string(),
+            "https://api.stripe.com/v1/charges?x=1&key=v"
+        );
+        let wrong_port =
+            Target::from_request(&request("http://api.stripe.com:8443/v1", None)).unwrap();
+        assert!(wrong_port.find_origin(&origins).is_none());
+        let other =
+            Target::from_request(&request("http://api.stripe.com.evil.com/v1", None)).unwrap();
+        assert!(other.find_origin(&origins).is_none());
+    }
+
+    #[test]
+    fn paths_stay_under_the_base_path() {
+        let origins = [origin("https://example.com/api/")];
+        let ok = Target::from_request(&request("http://example.com/api/v1", None)).unwrap();
+        assert!(ok.find_origin(&origins).is_some());
+        let exact = Target::from_request(&request("http://example.com/api", None)).unwrap();
+        assert!(exact.find_origin(&origins).is_some());
+        let sibling = Target::from_request(&request("http://example.com/apix", None)).unwrap();
+        assert!(sibling.find_origin(&origins).is_none());
+    }
+
+    #[test]
+    fn https_is_never_downgraded() {
+        let origins = [origin("http://127.0.0.1:9000")];
+        let t = Target::from_request(&request("https://127.0.0.1:9000/", None)).unwrap();
+        assert!(t.find_origin(&origins).is_none());
+    }
+}
