@@ -1,4 +1,5 @@
 //! The real `credgate` binary, driven over its admin API and CLI.
+#![allow(clippy::unwrap_used)]
 
 use std::io::Write;
 use std::process::Stdio;

@@ -117,6 +117,10 @@ impl Accounts {
         &self.keyring
     }
 
+    pub fn keyring_arc(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring)
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

@@ -21,6 +21,9 @@ use tokio::sync::watch;
 /// A request body larger than this is refused (accounts are small).
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
+/// A callback run with an account id after the account changed.
+pub type OnChange = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// What the admin handlers share.
 pub struct AdminState {
     pub accounts: Accounts,
@@ -29,7 +32,7 @@ pub struct AdminState {
     pub token: Option<SecretString>,
     /// Called with an account id after every change, so caches (the proxy's)
     /// drop their copy.
-    pub on_change: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub on_change: Option<OnChange>,
 }
 
 impl AdminState {

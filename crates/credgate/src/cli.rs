@@ -36,6 +36,12 @@ pub enum Command {
     Integrations(IntegrationsCommand),
     /// Print a new random encryption key (base64, 32 bytes).
     Keygen,
+    /// Print a new random app key and the `sha256` line for proxy.app_keys.
+    AppKey {
+        /// The app's name in the config.
+        #[arg(long, default_value = "my-app")]
+        name: String,
+    },
     /// Re-encrypt every stored value with the first (primary) key. Safe while serving.
     Rekey {
         #[command(flatten)]

@@ -36,6 +36,16 @@ pub async fn run(cli: Cli) -> Result {
         Command::Integrations(IntegrationsCommand::Check { config, files }) => {
             integrations_check(&config.config, &files)
         }
+        Command::AppKey { name } => {
+            let key = Key::generate().to_base64();
+            let key = key.expose().trim_end_matches('=').replace(['+', '/'], "x");
+            println!("app key (give it to the app, e.g. HTTP_PROXY=http://<account>:<key>@host:port):\n  {key}");
+            println!(
+                "config (credgate.yaml, proxy.app_keys):\n  - {{ name: {name}, sha256: \"{}\" }}",
+                credgate_proxy::appkeys::digest_hex(&key)
+            );
+            Ok(())
+        }
         Command::Keygen => {
             println!("{}", Key::generate().to_base64().expose());
             Ok(())

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use credgate_accounts::Accounts;
 use credgate_admin::AdminState;
 use credgate_config::{Config, OsEnv, ServerConfig, StoreUrl};
+use credgate_listener::Limits;
+use credgate_proxy::{AccountCache, AppKeys, Proxy};
 use credgate_store::{SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,22 +22,73 @@ pub async fn run(config: Config) -> Result<(), Failure> {
             "the admin API has no token: anyone on this host can use it (allowed on loopback only)"
         );
     }
+    let proxy = Arc::new(proxy(&config, &accounts)?);
+    if !proxy.app_keys.required() {
+        tracing::warn!(
+            "no proxy.app_keys: any local process can use every account (allowed on loopback only)"
+        );
+    }
 
+    let proxy_listener = bind(config.server.proxy.listen, "proxy").await?;
     let admin_listener = bind(config.server.admin.listen, "admin").await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(());
+    let cache = Arc::clone(&proxy.cache);
     let state = Arc::new(AdminState {
         accounts,
         token,
-        on_change: None,
+        on_change: Some(Arc::new(move |id: &str| cache.invalidate(id))),
     });
-    let admin = tokio::spawn(credgate_admin::serve(admin_listener, state, shutdown_rx));
+    let settings = &config.server.proxy;
+    let limits = Limits {
+        max_connections: settings.max_connections,
+        header_read_timeout: settings.header_read_timeout,
+        max_header_bytes: settings.max_header_bytes,
+        ..Limits::default()
+    };
+    let proxy_task = tokio::spawn(credgate_proxy::serve(
+        proxy_listener,
+        proxy,
+        limits,
+        shutdown_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(credgate_admin::serve(admin_listener, state, shutdown_rx));
 
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = shutdown_tx.send(());
-    let _ = admin.await;
+    let _ = tokio::join!(proxy_task, admin_task);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accounts the proxy keeps in memory at most (each entry is the sealed account).
+const CACHE_CAPACITY: usize = 100_000;
+
+fn proxy(config: &Config, accounts: &Accounts) -> Result<Proxy, Failure> {
+    let settings = &config.server.proxy;
+    let app_keys = AppKeys::from_config(&settings.app_keys, &OsEnv)
+        .map_err(|e| Failure::new(Code::Config, e.to_string()))?;
+    let client = credgate_proxy::upstream::client(
+        settings.allow_private_upstreams,
+        settings.extra_ca_file.as_deref(),
+    )
+    .map_err(|e| Failure::new(Code::Config, format!("proxy: {e}")))?;
+    let integrations = Arc::new(config.integrations.clone());
+    Ok(Proxy {
+        cache: Arc::new(AccountCache::new(
+            Arc::clone(accounts.store()),
+            Arc::clone(&integrations),
+            CACHE_CAPACITY,
+        )),
+        keyring: accounts.keyring_arc(),
+        integrations,
+        app_keys,
+        client,
+        passthrough: settings.passthrough,
+        allow_private_upstreams: settings.allow_private_upstreams,
+        upstream_timeout: settings.upstream_timeout,
+        freshen: None,
+    })
 }
 
 /// Opens the store and proves the configured keys are the right ones.

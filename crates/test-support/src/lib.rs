@@ -2,15 +2,18 @@
 //!
 //! [`Credgate`] runs the real `credgate` binary against a temporary config, store
 //! and key, captures everything it logs, and finds the port it bound from its own
-//! `listening` log line, so tests never pick a fixed port.
+//! `listening` log line, so tests never pick a fixed port. [`FakeVendor`] is the
+//! upstream that records what arrived.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_client;
 mod process;
+mod vendor;
 
 pub use http_client::{http, Reply};
 pub use process::{credgate_binary, random_key, workspace_root, Credgate, Deployment};
+pub use vendor::{Answer, FakeVendor, Recorded};
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut condition: F) -> bool

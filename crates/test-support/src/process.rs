@@ -59,10 +59,31 @@ pub struct Deployment {
 impl Deployment {
     /// A deployment using the repository's example integrations.
     pub fn new() -> Self {
+        Self::write(workspace_root().join("config/integrations"), "", |_| {})
+    }
+
+    /// A deployment with its own integrations (`(name, yaml)`) and extra settings
+    /// merged into the `proxy:` block (e.g. `allow_private_upstreams: true`).
+    pub fn with_integrations(integrations: &[(&str, String)], proxy_settings: &str) -> Self {
+        let files: Vec<(String, String)> = integrations
+            .iter()
+            .map(|(n, y)| (n.to_string(), y.clone()))
+            .collect();
+        Self::write(PathBuf::from("integrations"), proxy_settings, move |dir| {
+            let folder = dir.join("integrations");
+            std::fs::create_dir_all(&folder).unwrap();
+            for (name, yaml) in &files {
+                std::fs::write(folder.join(format!("{name}.yaml")), yaml).unwrap();
+            }
+        })
+    }
+
+    fn write(integrations: PathBuf, proxy_settings: &str, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let integrations = workspace_root().join("config/integrations");
+        prepare(dir.path());
+        let separator = if proxy_settings.is_empty() { "" } else { ", " };
         let config = format!(
-            "proxy: {{ listen: 127.0.0.1:0 }}\n\
+            "proxy: {{ listen: 127.0.0.1:0{separator}{proxy_settings} }}\n\
              admin: {{ listen: 127.0.0.1:0, token: {{ from_env: CREDGATE_ADMIN_TOKEN }} }}\n\
              store: {{ url: \"sqlite://credgate.db\" }}\n\
              keys: [ {{ id: k1, from_env: CREDGATE_KEY }} ]\n\
@@ -124,6 +145,7 @@ pub struct Credgate {
     /// mutex: the reader thread appends, tests read; never held across an await.
     logs: Arc<Mutex<Vec<String>>>,
     pub admin_addr: String,
+    pub proxy_addr: String,
 }
 
 impl Credgate {
@@ -140,21 +162,34 @@ impl Credgate {
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") && line.contains("listener=\"admin\"") {
+                if line.contains("listening") {
+                    let listener = if line.contains("listener=\"admin\"") {
+                        "admin"
+                    } else {
+                        "proxy"
+                    };
                     if let Some(addr) = line.split("addr=").nth(1) {
-                        let _ = tx.send(addr.trim().to_owned());
+                        let _ = tx.send((listener, addr.trim().to_owned()));
                     }
                 }
                 sink.lock().unwrap().push(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut admin, mut proxy) = (None, None);
         loop {
-            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
+            if let Ok((listener, addr)) = rx.recv_timeout(Duration::from_millis(50)) {
+                match listener {
+                    "admin" => admin = Some(addr),
+                    _ => proxy = Some(addr),
+                }
+            }
+            if let (Some(admin), Some(proxy)) = (&admin, &proxy) {
                 return Self {
                     child,
                     logs,
-                    admin_addr: addr,
+                    admin_addr: admin.clone(),
+                    proxy_addr: proxy.clone(),
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -174,6 +209,21 @@ impl Credgate {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// `http://host:port` of the proxy listener.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy_addr)
+    }
+
+    /// Peak resident memory of the process in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 
     pub fn logs(&self) -> String {

@@ -29,7 +29,13 @@ fn vendor_shapes() {
     let epoch_ms_in_90 = ((NOW + 90) * 1000).to_string();
     let date_in_120 = httpdate::fmt_http_date(now() + Duration::from_secs(120));
     /// (name, vendor headers, status, declared mapping, expected)
-    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, StatusCode, Option<&'a str>, RateLimit);
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        StatusCode,
+        Option<&'a str>,
+        RateLimit,
+    );
     let cases: Vec<Case> = vec![
         (
             "GitHub: x-ratelimit-* with epoch reset",
