@@ -13,8 +13,7 @@ const HUBSPOT_ACCESS: &str = "hubspot-ACCESS-secret-token-9876543210";
 const HUBSPOT_REFRESH: &str = "hubspot-REFRESH-secret-token-1234567890";
 
 fn stripe_account(id: &str) -> String {
-    json!({ "id": id, "integration": "stripe", "credentials": { "api_key": STRIPE_KEY } })
-        .to_string()
+    json!({ "id": id, "integration": "stripe", "credentials": { "api_key": STRIPE_KEY } }).to_string()
 }
 
 fn hubspot_account(id: &str) -> String {
@@ -48,26 +47,15 @@ async fn accounts_survive_a_restart() {
     )
     .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    let before = http(
-        Method::GET,
-        &server.admin_url("/v1/accounts/acme-hubspot"),
-        token,
-        None,
-    )
-    .await
-    .json();
+    let before = http(Method::GET, &server.admin_url("/v1/accounts/acme-hubspot"), token, None)
+        .await
+        .json();
 
     let (status, _) = server.stop();
     assert!(status.success(), "{status}");
 
     let server = deployment.start();
-    let after = http(
-        Method::GET,
-        &server.admin_url("/v1/accounts/acme-hubspot"),
-        token,
-        None,
-    )
-    .await;
+    let after = http(Method::GET, &server.admin_url("/v1/accounts/acme-hubspot"), token, None).await;
     assert_eq!(after.status, StatusCode::OK);
     assert_eq!(after.json(), before);
     assert_eq!(after.json()["credentials"]["access_token"], "hubs…3210");
@@ -89,28 +77,13 @@ async fn the_sqlite_file_never_contains_a_plaintext_secret() {
     let deployment = Deployment::new();
     let server = deployment.start();
     let token = Some(deployment.admin_token.as_str());
-    for (i, body) in [stripe_account("s1"), hubspot_account("h1")]
-        .iter()
-        .enumerate()
-    {
-        let reply = http(
-            Method::POST,
-            &server.admin_url("/v1/accounts"),
-            token,
-            Some(body),
-        )
-        .await;
+    for (i, body) in [stripe_account("s1"), hubspot_account("h1")].iter().enumerate() {
+        let reply = http(Method::POST, &server.admin_url("/v1/accounts"), token, Some(body)).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{i}: {}", reply.body);
     }
     // Rotate one secret too, so that old pages of the WAL are in play.
     let patch = json!({ "credentials": { "api_key": format!("{STRIPE_KEY}-v2") } }).to_string();
-    let reply = http(
-        Method::PATCH,
-        &server.admin_url("/v1/accounts/s1"),
-        token,
-        Some(&patch),
-    )
-    .await;
+    let reply = http(Method::PATCH, &server.admin_url("/v1/accounts/s1"), token, Some(&patch)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     // Search while running (WAL not yet checkpointed) and after a clean stop.
     let check = || {
@@ -154,11 +127,7 @@ async fn the_admin_api_refuses_requests_without_the_token() {
         (Method::DELETE, "/v1/accounts/x"),
         (Method::GET, "/v1/integrations"),
     ] {
-        for token in [
-            None,
-            Some("wrong-token"),
-            Some("test-admin-token-012345678"),
-        ] {
+        for token in [None, Some("wrong-token"), Some("test-admin-token-012345678")] {
             let reply = http(
                 method.clone(),
                 &server.admin_url(path),
@@ -166,11 +135,7 @@ async fn the_admin_api_refuses_requests_without_the_token() {
                 Some(&stripe_account("sneaky")),
             )
             .await;
-            assert_eq!(
-                reply.status,
-                StatusCode::UNAUTHORIZED,
-                "{method} {path} {token:?}"
-            );
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {path} {token:?}");
             assert_eq!(reply.json()["error"], "unauthorized");
             assert_eq!(reply.headers["www-authenticate"], "Bearer");
         }
@@ -201,15 +166,61 @@ async fn bad_input_gets_a_clear_error_naming_the_field_and_stores_nothing() {
 
     let cases: Vec<(String, StatusCode, &str, Option<&str>)> = vec![
         ("{not json".into(), StatusCode::BAD_REQUEST, "invalid_json", None),
-        ("[1,2]".into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("body")),
-        (json!({ "integration": "stripe" }).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("id")),
-        (json!({ "id": "a", "integration": "nope", "credentials": {} }).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "unknown_integration", Some("integration")),
-        (json!({ "id": "a", "integration": "stripe", "credentials": {} }).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("credentials.api_key")),
-        (json!({ "id": "a", "integration": "stripe", "credentials": { "api_key": "k", "password": STRIPE_KEY } }).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("credentials.password")),
-        (json!({ "id": "a", "integration": "stripe", "credentials": STRIPE_KEY }).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("credentials")),
-        (json!({ "id": "a", "integration": "stripe", "credentials": { "api_key": [STRIPE_KEY] } }).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("credentials.api_key")),
-        (json!({ "id": "a", "integration": "stripe", "api_key": STRIPE_KEY }).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("api_key")),
-        (stripe_account("taken"), StatusCode::CONFLICT, "account_exists", Some("id")),
+        (
+            "[1,2]".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("body"),
+        ),
+        (
+            json!({ "integration": "stripe" }).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("id"),
+        ),
+        (
+            json!({ "id": "a", "integration": "nope", "credentials": {} }).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_integration",
+            Some("integration"),
+        ),
+        (
+            json!({ "id": "a", "integration": "stripe", "credentials": {} }).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("credentials.api_key"),
+        ),
+        (
+            json!({ "id": "a", "integration": "stripe", "credentials": { "api_key": "k", "password": STRIPE_KEY } })
+                .to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("credentials.password"),
+        ),
+        (
+            json!({ "id": "a", "integration": "stripe", "credentials": STRIPE_KEY }).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("credentials"),
+        ),
+        (
+            json!({ "id": "a", "integration": "stripe", "credentials": { "api_key": [STRIPE_KEY] } }).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("credentials.api_key"),
+        ),
+        (
+            json!({ "id": "a", "integration": "stripe", "api_key": STRIPE_KEY }).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("api_key"),
+        ),
+        (
+            stripe_account("taken"),
+            StatusCode::CONFLICT,
+            "account_exists",
+            Some("id"),
+        ),
     ];
     for (body, status, code, field) in cases {
         let reply = http(Method::POST, &url, token, Some(&body)).await;
@@ -219,23 +230,14 @@ async fn bad_input_gets_a_clear_error_naming_the_field_and_stores_nothing() {
         assert_eq!(json["field"].as_str(), field, "{body}: {}", reply.body);
         assert!(!reply.body.contains(STRIPE_KEY), "{}", reply.body);
     }
-    let missing = http(
-        Method::GET,
-        &server.admin_url("/v1/accounts/nobody"),
-        token,
-        None,
-    )
-    .await;
+    let missing = http(Method::GET, &server.admin_url("/v1/accounts/nobody"), token, None).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.json()["error"], "account_not_found");
 
     let list = http(Method::GET, &url, token, None).await.json();
     assert_eq!(list["accounts"].as_array().unwrap().len(), 1, "{list}");
     let logs = server.kill9();
-    assert!(
-        !logs.contains(STRIPE_KEY),
-        "a secret reached the log:\n{logs}"
-    );
+    assert!(!logs.contains(STRIPE_KEY), "a secret reached the log:\n{logs}");
 }
 
 /// Every admin operation, with debug logging on: no response body and no log line
@@ -248,14 +250,9 @@ async fn no_response_or_log_line_contains_a_secret() {
     let mut bodies = Vec::new();
     for body in [stripe_account("s"), hubspot_account("h")] {
         bodies.push(
-            http(
-                Method::POST,
-                &server.admin_url("/v1/accounts"),
-                token,
-                Some(&body),
-            )
-            .await
-            .body,
+            http(Method::POST, &server.admin_url("/v1/accounts"), token, Some(&body))
+                .await
+                .body,
         );
     }
     for path in [
@@ -266,40 +263,22 @@ async fn no_response_or_log_line_contains_a_secret() {
         "/healthz",
         "/readyz",
     ] {
-        bodies.push(
-            http(Method::GET, &server.admin_url(path), token, None)
-                .await
-                .body,
-        );
+        bodies.push(http(Method::GET, &server.admin_url(path), token, None).await.body);
     }
-    let patch =
-        json!({ "credentials": { "access_token": format!("{HUBSPOT_ACCESS}-2") } }).to_string();
+    let patch = json!({ "credentials": { "access_token": format!("{HUBSPOT_ACCESS}-2") } }).to_string();
     bodies.push(
-        http(
-            Method::PATCH,
-            &server.admin_url("/v1/accounts/h"),
-            token,
-            Some(&patch),
-        )
-        .await
-        .body,
+        http(Method::PATCH, &server.admin_url("/v1/accounts/h"), token, Some(&patch))
+            .await
+            .body,
     );
     bodies.push(
-        http(
-            Method::DELETE,
-            &server.admin_url("/v1/accounts/s"),
-            token,
-            None,
-        )
-        .await
-        .body,
+        http(Method::DELETE, &server.admin_url("/v1/accounts/s"), token, None)
+            .await
+            .body,
     );
     let (status, logs) = server.stop();
     assert!(status.success());
-    assert!(
-        logs.contains("admin request"),
-        "request logging is on:\n{logs}"
-    );
+    assert!(logs.contains("admin request"), "request logging is on:\n{logs}");
     for secret in [
         STRIPE_KEY,
         HUBSPOT_ACCESS,
@@ -333,8 +312,7 @@ async fn a_wrong_key_stops_start_up_before_anything_is_decrypted() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr
-            .contains("refusing to start: key k1 does not match the key that encrypted this store"),
+        stderr.contains("refusing to start: key k1 does not match the key that encrypted this store"),
         "{stderr}"
     );
     assert!(!stderr.contains("listening"), "{stderr}");
@@ -376,15 +354,11 @@ async fn kill_9_mid_write_loses_no_acknowledged_account() {
         tokio::spawn(async move {
             for i in 0.. {
                 let id = format!("w{writer}-{i}");
-                let client = hyper_util::client::legacy::Client::builder(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .build_http::<http_body_util::Full<bytes::Bytes>>();
+                let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
                 let request = http::Request::post(&url)
                     .header("authorization", format!("Bearer {token}"))
-                    .body(http_body_util::Full::new(bytes::Bytes::from(
-                        stripe_account(&id),
-                    )))
+                    .body(http_body_util::Full::new(bytes::Bytes::from(stripe_account(&id))))
                     .unwrap();
                 match client.request(request).await {
                     Ok(response) if response.status() == StatusCode::CREATED => {
@@ -416,17 +390,11 @@ async fn kill_9_mid_write_loses_no_acknowledged_account() {
             None,
         )
         .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "acknowledged account {id} was lost"
-        );
+        assert_eq!(reply.status, StatusCode::OK, "acknowledged account {id} was lost");
     }
     server.stop();
     let db = rusqlite::Connection::open(deployment.db_path()).unwrap();
-    let integrity: String = db
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
+    let integrity: String = db.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(integrity, "ok");
 }
 
@@ -457,15 +425,7 @@ async fn the_cli_manages_accounts_with_reliable_exit_codes() {
     };
     let credentials = json!({ "api_key": STRIPE_KEY }).to_string();
     let (code, out, err) = run(
-        &[
-            "accounts",
-            "add",
-            "--id",
-            "cli-1",
-            "--integration",
-            "stripe",
-            "--json",
-        ],
+        &["accounts", "add", "--id", "cli-1", "--integration", "stripe", "--json"],
         Some(&credentials),
     );
     assert_eq!(code, Some(0), "{err}");
@@ -473,39 +433,18 @@ async fn the_cli_manages_accounts_with_reliable_exit_codes() {
     assert_eq!(created["credentials"]["api_key"], "sk_l…9fQ2");
 
     let (code, _, err) = run(
-        &[
-            "accounts",
-            "add",
-            "--id",
-            "cli-1",
-            "--integration",
-            "stripe",
-        ],
+        &["accounts", "add", "--id", "cli-1", "--integration", "stripe"],
         Some(&credentials),
     );
     assert_eq!(code, Some(5), "{err}");
     let (code, _, err) = run(
-        &[
-            "accounts",
-            "add",
-            "--id",
-            "cli-2",
-            "--integration",
-            "stripe",
-        ],
+        &["accounts", "add", "--id", "cli-2", "--integration", "stripe"],
         Some("{}"),
     );
     assert_eq!(code, Some(6), "{err}");
     assert!(err.contains("credentials.api_key"), "{err}");
     let (code, _, err) = run(
-        &[
-            "accounts",
-            "add",
-            "--id",
-            "cli-2",
-            "--integration",
-            "stripe",
-        ],
+        &["accounts", "add", "--id", "cli-2", "--integration", "stripe"],
         Some(STRIPE_KEY),
     );
     assert_eq!(code, Some(6), "{err}");
@@ -521,11 +460,7 @@ async fn the_cli_manages_accounts_with_reliable_exit_codes() {
     let (code, out, _) = run(&["accounts", "list", "--json"], None);
     assert_eq!(code, Some(0));
     assert_eq!(
-        serde_json::from_str::<Value>(&out)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
+        serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len(),
         1
     );
     let (code, out, _) = run(&["accounts", "show", "cli-1"], None);

@@ -1,6 +1,6 @@
 //! The data path end to end: real clients (curl, Python requests, hyper) through the
-#![allow(clippy::unwrap_used)]
 //! real binary to a fake vendor that records exactly what arrived.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 use std::time::Duration;
@@ -17,7 +17,9 @@ const SECRET: &str = "sk_test_SECRET_abcdefghijklmnop";
 fn integration(name: &str, base: &str, authorization: &str, credentials: &str) -> (String, String) {
     (
         name.to_owned(),
-        format!("name: {name}\nbase_urls: [ \"{base}\" ]\ncredentials: {credentials}\nauthorization: {authorization}\n"),
+        format!(
+            "name: {name}\nbase_urls: [ \"{base}\" ]\ncredentials: {credentials}\nauthorization: {authorization}\n"
+        ),
     )
 }
 
@@ -47,12 +49,7 @@ async fn world(proxy_settings: &str) -> World {
             "{ format: header, config: { name: X-Api-Key, value: \"key={{api_key}}\" } }",
             api_key,
         ),
-        integration(
-            "vendor-basic",
-            &vendor.url(),
-            "{ format: basic }",
-            "{ format: basic }",
-        ),
+        integration("vendor-basic", &vendor.url(), "{ format: basic }", "{ format: basic }"),
         integration(
             "vendor-query",
             &format!("{}/v1", vendor.url()),
@@ -66,10 +63,7 @@ async fn world(proxy_settings: &str) -> World {
             api_key,
         ),
     ];
-    let refs: Vec<(&str, String)> = integrations
-        .iter()
-        .map(|(n, y)| (n.as_str(), y.clone()))
-        .collect();
+    let refs: Vec<(&str, String)> = integrations.iter().map(|(n, y)| (n.as_str(), y.clone())).collect();
     let settings = format!(
         "extra_ca_file: ca.pem, app_keys: [ \
            {{ name: billing, sha256: \"{}\", accounts: [acme-bearer, acme-header, acme-basic, acme-query, acme-tls] }}, \
@@ -94,14 +88,9 @@ async fn world(proxy_settings: &str) -> World {
         ),
         ("acme-query", "vendor-query", json!({ "api_key": SECRET })),
         ("acme-tls", "vendor-tls", json!({ "api_key": SECRET })),
-        (
-            "other-acct",
-            "vendor-bearer",
-            json!({ "api_key": "other-secret" }),
-        ),
+        ("other-acct", "vendor-bearer", json!({ "api_key": "other-secret" })),
     ] {
-        let body =
-            json!({ "id": id, "integration": integration, "credentials": credentials }).to_string();
+        let body = json!({ "id": id, "integration": integration, "credentials": credentials }).to_string();
         let reply = http(
             Method::POST,
             &server.admin_url("/v1/accounts"),
@@ -237,12 +226,7 @@ print(r.status_code)
 "#;
     let py_proxy = format!("http://acme-basic:{BILLING_KEY}@{}", w.server.proxy_addr);
     let output = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &format!("{}/basic", w.vendor.url()),
-            &py_proxy,
-        ])
+        .args(["-c", script, &format!("{}/basic", w.vendor.url()), &py_proxy])
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
         .output()
@@ -321,29 +305,17 @@ async fn refusals_are_credgate_errors_and_the_vendor_sees_nothing() {
             "account_not_found",
         ),
         (
-            vec![
-                "-U".into(),
-                user("other-acct", BILLING_KEY),
-                vendor_url.clone(),
-            ],
+            vec!["-U".into(), user("other-acct", BILLING_KEY), vendor_url.clone()],
             404,
             "account_not_found",
         ),
         (
-            vec![
-                "-U".into(),
-                user("acme-bearer", OTHER_KEY),
-                vendor_url.clone(),
-            ],
+            vec!["-U".into(), user("acme-bearer", OTHER_KEY), vendor_url.clone()],
             404,
             "account_not_found",
         ),
         (
-            vec![
-                "-U".into(),
-                user("acme-bearer", "wrong-key"),
-                vendor_url.clone(),
-            ],
+            vec!["-U".into(), user("acme-bearer", "wrong-key"), vendor_url.clone()],
             407,
             "proxy_auth_required",
         ),
@@ -366,14 +338,10 @@ async fn refusals_are_credgate_errors_and_the_vendor_sees_nothing() {
         let (got, out) = curl(&refs, &[]);
         assert_eq!(got, status, "{args:?}: {out}");
         assert!(
-            out.to_ascii_lowercase()
-                .contains(&format!("credgate-error: {code}")),
+            out.to_ascii_lowercase().contains(&format!("credgate-error: {code}")),
             "{args:?}: {out}"
         );
-        assert!(
-            out.contains(&format!("\"error\":\"{code}\"")),
-            "{args:?}: {out}"
-        );
+        assert!(out.contains(&format!("\"error\":\"{code}\"")), "{args:?}: {out}");
         if status == 407 {
             assert!(
                 out.to_ascii_lowercase()
@@ -477,16 +445,9 @@ async fn rate_limits_are_normalized_and_a_429_passes_through_once() {
     };
     assert!((28..=31).contains(&header("ratelimit-reset")), "{out}");
     assert_eq!(header("retry-after"), header("ratelimit-reset"));
-    assert!(
-        out.contains("slow down"),
-        "the vendor's body passes through: {out}"
-    );
+    assert!(out.contains("slow down"), "the vendor's body passes through: {out}");
     assert!(!lower.contains("credgate-error"), "{out}");
-    assert_eq!(
-        w.vendor.requests().len(),
-        1,
-        "a 429 is never retried inside the proxy"
-    );
+    assert_eq!(w.vendor.requests().len(), 1, "a 429 is never retried inside the proxy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,8 +502,7 @@ async fn large_bodies_stream_in_bounded_memory() {
     const SIZE: u64 = 200 * 1024 * 1024;
     let w = world(", allow_private_upstreams: true").await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>(
-    );
+        .build_http::<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>();
     let request = |body| {
         http::Request::post(format!("{}/v1/upload", w.server.proxy_url()))
             .header("host", format!("127.0.0.1:{}", w.vendor.port()))
@@ -554,13 +514,8 @@ async fn large_bodies_stream_in_bounded_memory() {
 
     // Upload: 3,200 chunks of 64 KiB, generated lazily.
     let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
-    let frames = futures_util::stream::iter(
-        (0..SIZE / (64 * 1024)).map(move |_| Ok(Frame::data(chunk.clone()))),
-    );
-    let response = client
-        .request(request(StreamBody::new(frames).boxed()))
-        .await
-        .unwrap();
+    let frames = futures_util::stream::iter((0..SIZE / (64 * 1024)).map(move |_| Ok(Frame::data(chunk.clone()))));
+    let response = client.request(request(StreamBody::new(frames).boxed())).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(w.vendor.requests().pop().unwrap().body_len, SIZE);
 
@@ -589,9 +544,7 @@ async fn oversized_and_slow_request_heads_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = world(", header_read_timeout: 1s, max_header_bytes: 16384").await;
     // A 100 KiB header: refused, connection closed.
-    let mut stream = tokio::net::TcpStream::connect(&w.server.proxy_addr)
-        .await
-        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(&w.server.proxy_addr).await.unwrap();
     let big = format!(
         "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100 * 1024)
@@ -602,15 +555,10 @@ async fn oversized_and_slow_request_heads_are_cut_off() {
         .await
         .expect("closed");
     let text = String::from_utf8_lossy(&answer);
-    assert!(
-        text.is_empty() || text.starts_with("HTTP/1.1 431"),
-        "{text}"
-    );
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
 
     // A client that never finishes its head is disconnected by the header timeout.
-    let mut slow = tokio::net::TcpStream::connect(&w.server.proxy_addr)
-        .await
-        .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&w.server.proxy_addr).await.unwrap();
     slow.write_all(b"GET http://example.com/ HTTP/1.1\r\nHost: exa")
         .await
         .unwrap();

@@ -16,10 +16,7 @@ fn masked_listing_of_10_000_accounts(c: &mut Criterion) {
             let mut credentials = BTreeMap::new();
             for field in ["access_token", "refresh_token"] {
                 let value = format!("{field}-{i}-{}", "x".repeat(150));
-                credentials.insert(
-                    field.to_owned(),
-                    ring.seal(&id, field, value.as_bytes()).unwrap(),
-                );
+                credentials.insert(field.to_owned(), ring.seal(&id, field, value.as_bytes()).unwrap());
             }
             Account {
                 id,
@@ -40,12 +37,7 @@ fn masked_listing_of_10_000_accounts(c: &mut Criterion) {
     let mut group = c.benchmark_group("listing");
     group.sample_size(20);
     group.bench_function("mask 10,000 accounts (2 fields each)", |b| {
-        b.iter(|| {
-            accounts
-                .iter()
-                .map(|a| AccountView::new(a, &ring))
-                .collect::<Vec<_>>()
-        })
+        b.iter(|| accounts.iter().map(|a| AccountView::new(a, &ring)).collect::<Vec<_>>())
     });
     group.finish();
 }

@@ -43,11 +43,7 @@ pub struct PatchAccount {
 impl CreateAccount {
     pub fn from_json(body: Value) -> Result<Self, AccountError> {
         let mut object = into_object(body, "body")?;
-        only_fields(
-            &object,
-            &["id", "integration", "credentials", "metadata"],
-            "",
-        )?;
+        only_fields(&object, &["id", "integration", "credentials", "metadata"], "")?;
         Ok(Self {
             id: take_string(&mut object, "id")?,
             integration: take_string(&mut object, "integration")?,
@@ -81,11 +77,7 @@ fn into_object(value: Value, field: &str) -> Result<Map<String, Value>, AccountE
     }
 }
 
-fn only_fields(
-    object: &Map<String, Value>,
-    allowed: &[&str],
-    prefix: &str,
-) -> Result<(), AccountError> {
+fn only_fields(object: &Map<String, Value>, allowed: &[&str], prefix: &str) -> Result<(), AccountError> {
     match object.keys().find(|key| !allowed.contains(&key.as_str())) {
         Some(key) => Err(AccountError::invalid(
             format!("{prefix}{key}"),
@@ -103,10 +95,7 @@ fn take_string(object: &mut Map<String, Value>, field: &str) -> Result<String, A
     }
 }
 
-fn take_object(
-    object: &mut Map<String, Value>,
-    field: &str,
-) -> Result<Option<Map<String, Value>>, AccountError> {
+fn take_object(object: &mut Map<String, Value>, field: &str) -> Result<Option<Map<String, Value>>, AccountError> {
     match object.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(inner)) => Ok(Some(inner)),
@@ -203,12 +192,7 @@ pub(crate) fn validate_credentials(
     Ok(Credentials { fields, expires_at })
 }
 
-fn parse_expiry(
-    name: &str,
-    value: &Value,
-    unit: ExpiresInUnit,
-    now_ms: i64,
-) -> Result<i64, AccountError> {
+fn parse_expiry(name: &str, value: &Value, unit: ExpiresInUnit, now_ms: i64) -> Result<i64, AccountError> {
     let field = format!("credentials.{name}");
     let number = match value {
         Value::Number(n) => n.as_f64(),
@@ -227,10 +211,7 @@ fn parse_expiry(
         }
         return match number {
             Some(seconds) if seconds.is_finite() && seconds >= 0.0 => Ok((seconds * 1000.0) as i64),
-            _ => Err(AccountError::invalid(
-                field,
-                "must be RFC 3339 or unix seconds",
-            )),
+            _ => Err(AccountError::invalid(field, "must be RFC 3339 or unix seconds")),
         };
     }
     let scale = match unit {
@@ -239,27 +220,18 @@ fn parse_expiry(
     };
     match number {
         Some(n) if n.is_finite() && n >= 0.0 && n * scale < 1e15 => Ok(now_ms + (n * scale) as i64),
-        _ => Err(AccountError::invalid(
-            field,
-            "must be a non-negative number",
-        )),
+        _ => Err(AccountError::invalid(field, "must be a non-negative number")),
     }
 }
 
 /// Checks metadata against the integration's declarations: required fields present,
 /// patterned fields strings that match their pattern.
-pub(crate) fn validate_metadata(
-    integration: &Integration,
-    metadata: &Map<String, Value>,
-) -> Result<(), AccountError> {
+pub(crate) fn validate_metadata(integration: &Integration, metadata: &Map<String, Value>) -> Result<(), AccountError> {
     for (name, declared) in &integration.metadata {
         let field = format!("metadata.{name}");
         match metadata.get(name) {
             None | Some(Value::Null) if declared.required => {
-                return Err(AccountError::invalid(
-                    field,
-                    "is required by this integration",
-                ));
+                return Err(AccountError::invalid(field, "is required by this integration"));
             }
             None | Some(Value::Null) => {}
             Some(value) => {
@@ -268,10 +240,7 @@ pub(crate) fn validate_metadata(
                         return Err(AccountError::invalid(field, "must be a string"));
                     };
                     if !matches_pattern(text, pattern) {
-                        return Err(AccountError::invalid(
-                            field,
-                            format!("must match {pattern}"),
-                        ));
+                        return Err(AccountError::invalid(field, format!("must match {pattern}")));
                     }
                 }
             }

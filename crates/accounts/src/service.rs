@@ -142,10 +142,7 @@ impl Accounts {
         into: &mut BTreeMap<String, Sealed>,
     ) -> Result<(), AccountError> {
         for (field, value) in &credentials.fields {
-            into.insert(
-                field.clone(),
-                self.keyring.seal(id, field, value.expose().as_bytes())?,
-            );
+            into.insert(field.clone(), self.keyring.seal(id, field, value.expose().as_bytes())?);
         }
         Ok(())
     }
@@ -239,12 +236,7 @@ impl Accounts {
             if !credentials.fields.is_empty() && account.status != Status::Active {
                 account.status = Status::Active;
                 account.last_error = None;
-                events.push(new_event(
-                    events::REACTIVATED,
-                    &account,
-                    Some("new credentials"),
-                    now,
-                ));
+                events.push(new_event(events::REACTIVATED, &account, Some("new credentials"), now));
             }
         }
         account.updated_at = now;
@@ -307,12 +299,8 @@ impl Accounts {
                 return Ok(0);
             }
             for field in &stale {
-                let plain = self
-                    .keyring
-                    .open(&account.id, field, &account.credentials[field])?;
-                let resealed = self
-                    .keyring
-                    .seal(&account.id, field, plain.expose().as_bytes())?;
+                let plain = self.keyring.open(&account.id, field, &account.credentials[field])?;
+                let resealed = self.keyring.seal(&account.id, field, plain.expose().as_bytes())?;
                 account.credentials.insert(field.clone(), resealed);
             }
             account.updated_at = now_ms();

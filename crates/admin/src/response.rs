@@ -13,22 +13,16 @@ pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response<Body>
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
-pub(crate) fn error(
-    status: StatusCode,
-    code: &str,
-    message: impl Into<String>,
-    field: Option<&str>,
-) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>, field: Option<&str>) -> Response<Body> {
     let mut body = json!({ "error": code, "message": message.into() });
     if let Some(field) = field {
         body["field"] = json!(field);
@@ -73,9 +67,7 @@ pub(crate) fn method_not_allowed() -> Response<Body> {
 pub(crate) fn account_error(error: &AccountError) -> Response<Body> {
     let (status, code) = match error {
         AccountError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
-        AccountError::UnknownIntegration(_) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, "unknown_integration")
-        }
+        AccountError::UnknownIntegration(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_integration"),
         AccountError::NotFound(_) => (StatusCode::NOT_FOUND, "account_not_found"),
         AccountError::AlreadyExists(_) => (StatusCode::CONFLICT, "account_exists"),
         AccountError::Conflict(_) => (StatusCode::CONFLICT, "version_conflict"),

@@ -35,9 +35,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Body>
     match (segments.as_slice(), method) {
         (["v1", "accounts"], Method::GET) => list_accounts(state, request.uri().query()).await,
         (["v1", "accounts"], Method::POST) => create_account(state, request).await,
-        (["v1", "accounts", id], Method::GET) => {
-            result(state.accounts.get(id).await, StatusCode::OK)
-        }
+        (["v1", "accounts", id], Method::GET) => result(state.accounts.get(id).await, StatusCode::OK),
         (["v1", "accounts", id], Method::PATCH) => {
             let id = id.to_string();
             patch_account(state, &id, request).await
@@ -58,9 +56,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Body>
                 .collect();
             response::json(StatusCode::OK, &json!({ "integrations": list }))
         }
-        (["v1", "accounts"] | ["v1", "accounts", _] | ["v1", "integrations"], _) => {
-            response::method_not_allowed()
-        }
+        (["v1", "accounts"] | ["v1", "accounts", _] | ["v1", "integrations"], _) => response::method_not_allowed(),
         _ => response::not_found(),
     }
 }

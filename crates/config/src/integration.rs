@@ -134,9 +134,7 @@ fn default_authorize_path() -> String {
 
 impl AuthEndpoints {
     pub fn token_url(&self) -> Option<String> {
-        self.token_host
-            .as_ref()
-            .map(|host| join_url(host, &self.token_path))
+        self.token_host.as_ref().map(|host| join_url(host, &self.token_path))
     }
 
     pub fn authorize_url(&self) -> Option<String> {
@@ -146,11 +144,7 @@ impl AuthEndpoints {
 }
 
 fn join_url(host: &str, path: &str) -> String {
-    format!(
-        "{}/{}",
-        host.trim_end_matches('/'),
-        path.trim_start_matches('/')
-    )
+    format!("{}/{}", host.trim_end_matches('/'), path.trim_start_matches('/'))
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -363,25 +357,14 @@ impl Integration {
                 ];
             }
             CredentialFormat::Custom => {
-                return self
-                    .credentials
-                    .fields
-                    .iter()
-                    .map(|f| (f.clone(), true))
-                    .collect();
+                return self.credentials.fields.iter().map(|f| (f.clone(), true)).collect();
             }
         };
-        fixed
-            .iter()
-            .map(|(f, required)| ((*f).to_owned(), *required))
-            .collect()
+        fixed.iter().map(|(f, required)| ((*f).to_owned(), *required)).collect()
     }
 
     pub(crate) fn validate(&mut self, file: &Path, errors: &mut Collector<'_>) {
-        let stem = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         if !is_name(&self.name) {
             errors.error("name", "must be lowercase letters, digits, `_` or `-`");
         } else if self.name != stem {
@@ -397,10 +380,7 @@ impl Integration {
 
     fn validate_base_urls(&self, errors: &mut Collector<'_>) {
         if self.base_urls.is_empty() {
-            errors.error(
-                "base_urls",
-                "list at least one URL credentials may be sent to",
-            );
+            errors.error("base_urls", "list at least one URL credentials may be sent to");
         }
         for (name, field) in &self.metadata {
             if let Some(pattern) = &field.pattern {
@@ -443,10 +423,7 @@ impl Integration {
         let format = credentials.format;
         if format == CredentialFormat::Custom {
             if credentials.fields.is_empty() {
-                errors.error(
-                    "credentials.fields",
-                    "a custom format lists the fields it stores",
-                );
+                errors.error("credentials.fields", "a custom format lists the fields it stores");
             }
             for (i, field) in credentials.fields.iter().enumerate() {
                 if !is_name(field) || field == "metadata" || field == "oauth" {
@@ -462,10 +439,7 @@ impl Integration {
 
         if !format.is_oauth() {
             if credentials.config.is_some() {
-                errors.error(
-                    "credentials.config",
-                    "only oauth2 formats take an OAuth config",
-                );
+                errors.error("credentials.config", "only oauth2 formats take an OAuth config");
             }
             if credentials.client.is_some() {
                 errors.error("credentials.client", "only oauth2 formats take a client");
@@ -473,17 +447,11 @@ impl Integration {
             return;
         }
         let Some(config) = &credentials.config else {
-            errors.error(
-                "credentials.config",
-                "oauth2 formats need `config.auth.tokenHost`",
-            );
+            errors.error("credentials.config", "oauth2 formats need `config.auth.tokenHost`");
             return;
         };
         match &config.auth.token_host {
-            None => errors.error(
-                "credentials.config.auth.tokenHost",
-                "is required for oauth2 formats",
-            ),
+            None => errors.error("credentials.config.auth.tokenHost", "is required for oauth2 formats"),
             Some(host) => {
                 if let Err(message) = check_url(host) {
                     errors.error("credentials.config.auth.tokenHost", message);
@@ -502,10 +470,7 @@ impl Integration {
         ] {
             if let Some(value) = value {
                 if !value.starts_with('/') {
-                    errors.error(
-                        format!("credentials.config.auth.{field}"),
-                        "must start with `/`",
-                    );
+                    errors.error(format!("credentials.config.auth.{field}"), "must start with `/`");
                 }
             }
         }
@@ -574,10 +539,7 @@ impl Integration {
         }
         if let Some(name) = &config.name {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
-                errors.error(
-                    "authorization.config.name",
-                    "is not a valid header or parameter name",
-                );
+                errors.error("authorization.config.name", "is not a valid header or parameter name");
             }
         }
     }
@@ -588,10 +550,7 @@ impl Integration {
         let format = self.credentials.format;
         if let Some(name) = path.strip_prefix("metadata.") {
             if !self.metadata.contains_key(name) {
-                errors.error(
-                    field,
-                    format!("`{path}`: declare `{name}` under `metadata` first"),
-                );
+                errors.error(field, format!("`{path}`: declare `{name}` under `metadata` first"));
             }
             return;
         }
@@ -632,22 +591,12 @@ impl RateLimitMapping {
         for (field, header) in headers {
             if let Some(header) = header {
                 if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                    errors.error(
-                        format!("rate_limit.{field}.header"),
-                        "is not a valid header name",
-                    );
+                    errors.error(format!("rate_limit.{field}.header"), "is not a valid header name");
                 }
             }
         }
-        if self
-            .window
-            .as_ref()
-            .is_some_and(|w| w.kind == TimeKind::Epoch)
-        {
-            errors.error(
-                "rate_limit.window.kind",
-                "a window is a length of time, not an epoch",
-            );
+        if self.window.as_ref().is_some_and(|w| w.kind == TimeKind::Epoch) {
+            errors.error("rate_limit.window.kind", "a window is a length of time, not an epoch");
         }
     }
 }

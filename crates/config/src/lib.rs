@@ -93,10 +93,7 @@ pub fn load_integrations(dir: &Path) -> Result<Integrations, ConfigErrors> {
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.extension()
-                .is_some_and(|ext| ext == "yaml" || ext == "yml")
-        })
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
         .collect();
     files.sort();
     let mut integrations = BTreeMap::new();
@@ -118,8 +115,7 @@ pub fn load_integrations(dir: &Path) -> Result<Integrations, ConfigErrors> {
 
 /// Loads and validates one integration file.
 pub fn load_integration(file: &Path) -> Result<Integration, ConfigErrors> {
-    let (mut integration, index) =
-        parse_file::<Integration>(file).map_err(|e| ConfigErrors(vec![e]))?;
+    let (mut integration, index) = parse_file::<Integration>(file).map_err(|e| ConfigErrors(vec![e]))?;
     let mut collector = Collector::new(file, &index);
     integration.validate(file, &mut collector);
     if !collector.errors.is_empty() {
@@ -138,15 +134,11 @@ fn base_dir(path: &Path) -> PathBuf {
 
 /// Reads and parses one file; the error names the field and its position.
 fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<(T, PositionIndex), ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| file_error(path, format!("cannot read: {error}")))?;
+    let text = std::fs::read_to_string(path).map_err(|error| file_error(path, format!("cannot read: {error}")))?;
     parse_str(path, &text)
 }
 
-pub(crate) fn parse_str<T: DeserializeOwned>(
-    path: &Path,
-    text: &str,
-) -> Result<(T, PositionIndex), ConfigError> {
+pub(crate) fn parse_str<T: DeserializeOwned>(path: &Path, text: &str) -> Result<(T, PositionIndex), ConfigError> {
     let index = PositionIndex::build(text).map_err(|error| ConfigError {
         file: path.to_owned(),
         line: error.position.line,
@@ -155,10 +147,7 @@ pub(crate) fn parse_str<T: DeserializeOwned>(
         message: format!("invalid YAML: {}", error.message),
     })?;
     let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|error| {
-        let (line, column) = error
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
+        let (line, column) = error.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         ConfigError {
             file: path.to_owned(),
             line,

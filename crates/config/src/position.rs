@@ -91,8 +91,7 @@ impl Builder {
         let Some((parent, frame)) = self.stack.last_mut() else {
             // The document itself: its first line, from the start.
             let line = position(marker).line;
-            self.positions
-                .insert(String::new(), Position { line, column: 1 });
+            self.positions.insert(String::new(), Position { line, column: 1 });
             return Some(String::new());
         };
         match frame {
@@ -166,20 +165,14 @@ mod tests {
         assert_eq!(index.find("base_urls[1]"), Position { line: 4, column: 5 });
         assert_eq!(
             index.find("credentials.config.auth.tokenPath"),
-            Position {
-                line: 7,
-                column: 27
-            }
+            Position { line: 7, column: 27 }
         );
         // Missing fields fall back to their nearest ancestor.
         assert_eq!(
             index.find("credentials.config.auth.authorizeHost"),
             Position { line: 7, column: 5 }
         );
-        assert_eq!(
-            index.find("nowhere.at.all"),
-            Position { line: 1, column: 1 }
-        );
+        assert_eq!(index.find("nowhere.at.all"), Position { line: 1, column: 1 });
     }
 
     #[test]

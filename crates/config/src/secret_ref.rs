@@ -51,17 +51,11 @@ pub enum SecretError {
     #[error("environment variable {0} is empty")]
     EmptyEnv(String),
     #[error("cannot read secret file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadFile { path: PathBuf, source: std::io::Error },
     #[error("secret file {0} is empty")]
     EmptyFile(PathBuf),
     #[error("cannot create secret file {path}: {source}")]
-    WriteFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    WriteFile { path: PathBuf, source: std::io::Error },
 }
 
 /// A resolved secret and whether it was just generated (the caller warns loudly).
@@ -80,9 +74,7 @@ impl SecretRef {
         match (from_env, from_file) {
             (Some(_), Some(_)) => Err("give either from_env or from_file, not both"),
             (None, None) => Err("a secret needs from_env: NAME or from_file: PATH"),
-            (Some(_), None) if generate_if_missing => {
-                Err("generate_if_missing only works with from_file")
-            }
+            (Some(_), None) if generate_if_missing => Err("generate_if_missing only works with from_file"),
             (Some(name), None) => Ok(Self::Env(name)),
             (None, Some(path)) => Ok(Self::File {
                 path,
@@ -101,11 +93,7 @@ impl SecretRef {
     }
 
     /// Reads the secret. `generate` makes a value for a missing dev-mode file.
-    pub fn resolve(
-        &self,
-        env: &dyn Env,
-        generate: impl FnOnce() -> SecretString,
-    ) -> Result<Resolved, SecretError> {
+    pub fn resolve(&self, env: &dyn Env, generate: impl FnOnce() -> SecretString) -> Result<Resolved, SecretError> {
         match self {
             Self::Env(name) => match env.var(name) {
                 None => Err(SecretError::MissingEnv(name.clone())),
@@ -124,15 +112,11 @@ impl SecretRef {
                     value: SecretString::new(text.trim()),
                     generated: None,
                 }),
-                Err(error)
-                    if error.kind() == std::io::ErrorKind::NotFound && *generate_if_missing =>
-                {
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound && *generate_if_missing => {
                     let value = generate();
-                    write_private(path, value.expose()).map_err(|source| {
-                        SecretError::WriteFile {
-                            path: path.clone(),
-                            source,
-                        }
+                    write_private(path, value.expose()).map_err(|source| SecretError::WriteFile {
+                        path: path.clone(),
+                        source,
                     })?;
                     Ok(Resolved {
                         value,
@@ -202,8 +186,7 @@ impl<'de> Deserialize<'de> for SecretRef {
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SecretRef, A::Error> {
                 let raw = RawSecretRef::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                SecretRef::from_parts(raw.from_env, raw.from_file, raw.generate_if_missing)
-                    .map_err(de::Error::custom)
+                SecretRef::from_parts(raw.from_env, raw.from_file, raw.generate_if_missing).map_err(de::Error::custom)
             }
 
             fn visit_str<E: de::Error>(self, _: &str) -> Result<SecretRef, E> {
@@ -300,10 +283,7 @@ mod tests {
         let resolved = reference.resolve(&env, SecretString::default).unwrap();
         assert_eq!(resolved.value.expose(), "abc");
         let missing = SecretRef::Env("NOPE".into()).resolve(&env, SecretString::default);
-        assert_eq!(
-            missing.unwrap_err().to_string(),
-            "environment variable NOPE is not set"
-        );
+        assert_eq!(missing.unwrap_err().to_string(), "environment variable NOPE is not set");
     }
 
     #[test]
@@ -315,13 +295,9 @@ mod tests {
             generate_if_missing: true,
         };
         let env = HashMap::new();
-        let first = reference
-            .resolve(&env, || SecretString::new("generated"))
-            .unwrap();
+        let first = reference.resolve(&env, || SecretString::new("generated")).unwrap();
         assert_eq!(first.generated.as_deref(), Some(path.as_path()));
-        let second = reference
-            .resolve(&env, || SecretString::new("other"))
-            .unwrap();
+        let second = reference.resolve(&env, || SecretString::new("other")).unwrap();
         assert_eq!(second.value.expose(), "generated");
         assert!(second.generated.is_none());
         #[cfg(unix)]

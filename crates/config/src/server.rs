@@ -57,6 +57,10 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Proxy worker threads (one runtime and connection pool each); default: one
+    /// per CPU.
+    #[serde(default)]
+    pub threads: Option<usize>,
     #[serde(default = "default_header_read_timeout", with = "crate::duration")]
     pub header_read_timeout: Duration,
     #[serde(default = "default_max_header_bytes")]
@@ -73,6 +77,7 @@ impl Default for ProxyConfig {
             extra_ca_file: None,
             upstream_timeout: default_upstream_timeout(),
             max_connections: default_max_connections(),
+            threads: None,
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
         }
@@ -176,12 +181,7 @@ pub struct KeySource {
 
 impl KeySource {
     pub fn secret_ref(&self) -> Option<SecretRef> {
-        SecretRef::from_parts(
-            self.from_env.clone(),
-            self.from_file.clone(),
-            self.generate_if_missing,
-        )
-        .ok()
+        SecretRef::from_parts(self.from_env.clone(), self.from_file.clone(), self.generate_if_missing).ok()
     }
 }
 
@@ -280,29 +280,18 @@ impl ServerConfig {
             errors.error("store.url", "must be sqlite://<path> or postgres://…");
         }
         if self.keys.is_empty() {
-            errors.error(
-                "keys",
-                "configure at least one encryption key; the first one encrypts",
-            );
+            errors.error("keys", "configure at least one encryption key; the first one encrypts");
         }
         for (i, key) in self.keys.iter().enumerate() {
             if credgate_crypto::KeyId::new(key.id.clone()).is_err() {
-                errors.error(
-                    format!("keys[{i}].id"),
-                    "use 1 to 32 characters from [A-Za-z0-9_-]",
-                );
+                errors.error(format!("keys[{i}].id"), "use 1 to 32 characters from [A-Za-z0-9_-]");
             }
             if self.keys[..i].iter().any(|k| k.id == key.id) {
-                errors.error(
-                    format!("keys[{i}].id"),
-                    format!("duplicate key id {}", key.id),
-                );
+                errors.error(format!("keys[{i}].id"), format!("duplicate key id {}", key.id));
             }
-            if let Err(message) = SecretRef::from_parts(
-                key.from_env.clone(),
-                key.from_file.clone(),
-                key.generate_if_missing,
-            ) {
+            if let Err(message) =
+                SecretRef::from_parts(key.from_env.clone(), key.from_file.clone(), key.generate_if_missing)
+            {
                 errors.error(format!("keys[{i}]"), message);
             }
         }
@@ -322,18 +311,15 @@ impl ServerConfig {
             match (&app.sha256, &app.key) {
                 (Some(hash), None) => {
                     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        errors.error(
-                            format!("proxy.app_keys[{i}].sha256"),
-                            "must be 64 hex characters",
-                        );
+                        errors.error(format!("proxy.app_keys[{i}].sha256"), "must be 64 hex characters");
                     }
                 }
                 (None, Some(_)) => {}
-                _ => errors.error(
-                    format!("proxy.app_keys[{i}]"),
-                    "give exactly one of sha256 or key",
-                ),
+                _ => errors.error(format!("proxy.app_keys[{i}]"), "give exactly one of sha256 or key"),
             }
+        }
+        if self.proxy.threads == Some(0) {
+            errors.error("proxy.threads", "must be at least 1");
         }
         if self.proxy.max_connections == 0 {
             errors.error("proxy.max_connections", "must be at least 1");
@@ -363,10 +349,7 @@ impl ServerConfig {
         }
         let refresh = &self.refresh;
         if refresh.window_min > refresh.window_max {
-            errors.error(
-                "refresh.window_min",
-                "must not be larger than refresh.window_max",
-            );
+            errors.error("refresh.window_min", "must not be larger than refresh.window_max");
         }
     }
 }

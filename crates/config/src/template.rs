@@ -44,12 +44,9 @@ impl Template {
             if name.is_empty() {
                 return Err(TemplateError::Empty);
             }
-            let valid = name.split('.').all(|seg| {
-                !seg.is_empty()
-                    && seg
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            });
+            let valid = name
+                .split('.')
+                .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
             if !valid {
                 return Err(TemplateError::BadName(name.to_owned()));
             }
@@ -142,14 +139,8 @@ mod tests {
     fn rejects_broken_templates() {
         assert_eq!(Template::parse("{{ a"), Err(TemplateError::Unclosed));
         assert_eq!(Template::parse("{{ }}"), Err(TemplateError::Empty));
-        assert!(matches!(
-            Template::parse("{{ a b }}"),
-            Err(TemplateError::BadName(_))
-        ));
-        assert!(matches!(
-            Template::parse("{{ a..b }}"),
-            Err(TemplateError::BadName(_))
-        ));
+        assert!(matches!(Template::parse("{{ a b }}"), Err(TemplateError::BadName(_))));
+        assert!(matches!(Template::parse("{{ a..b }}"), Err(TemplateError::BadName(_))));
         assert_eq!(
             Template::parse("plain").unwrap().parts(),
             [Part::Literal("plain".into())]

@@ -20,21 +20,12 @@ fn shipped_configuration_is_valid() {
         "stripe",
         "zendesk-client",
     ] {
-        assert!(
-            names.contains(&expected),
-            "{expected} missing from {names:?}"
-        );
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
     }
-    assert!(matches!(
-        config.server.store_url(),
-        Some(StoreUrl::Sqlite(_))
-    ));
+    assert!(matches!(config.server.store_url(), Some(StoreUrl::Sqlite(_))));
     let hubspot = &config.integrations["hubspot"];
     let oauth = hubspot.credentials.config.as_ref().unwrap();
-    assert_eq!(
-        oauth.auth.token_url().unwrap(),
-        "https://api.hubapi.com/oauth/v1/token"
-    );
+    assert_eq!(oauth.auth.token_url().unwrap(), "https://api.hubapi.com/oauth/v1/token");
     assert_eq!(
         oauth.auth.authorize_url().unwrap(),
         "https://app.hubspot.com/oauth/authorize"
@@ -53,10 +44,7 @@ fn shipped_configuration_is_valid() {
 #[test]
 fn broken_config_corpus() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/broken");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(files.len() >= 10);
     let mut failures = Vec::new();
@@ -67,11 +55,7 @@ fn broken_config_corpus() {
             .filter_map(|line| line.strip_prefix("# expect: "))
             .map(|rest| format!("{}:{rest}", file.display()))
             .collect();
-        assert!(
-            !expected.is_empty(),
-            "{} has no # expect: line",
-            file.display()
-        );
+        assert!(!expected.is_empty(), "{} has no # expect: line", file.display());
         let actual: Vec<String> = match load_integration(&file) {
             Ok(_) => vec!["loaded without error".into()],
             Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
@@ -116,11 +100,11 @@ fn all_files_are_reported_at_once() {
         text.contains("credgate.yaml:2:1: keys: configure at least one encryption key"),
         "{text}"
     );
-    assert!(text.contains("credgate.yaml:3:1: admin.token: an admin listener on a non-loopback address needs a token"), "{text}");
     assert!(
-        text.contains("a.yaml:2:1: bogus: unknown field `bogus`"),
+        text.contains("credgate.yaml:3:1: admin.token: an admin listener on a non-loopback address needs a token"),
         "{text}"
     );
+    assert!(text.contains("a.yaml:2:1: bogus: unknown field `bogus`"), "{text}");
     assert!(text.contains("b.yaml:"), "{text}");
 }
 

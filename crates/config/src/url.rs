@@ -2,19 +2,14 @@
 
 use std::net::IpAddr;
 
-pub(crate) const HTTPS_ONLY: &str =
-    "must be an https URL (http is allowed for loopback hosts only)";
+pub(crate) const HTTPS_ONLY: &str = "must be an https URL (http is allowed for loopback hosts only)";
 
 /// Accepts `https://host[:port][/path]`, and `http://` only for loopback hosts (local
 /// development and tests). No user info, query or fragment: those belong elsewhere.
 pub fn check_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| format!("{url:?} is not a valid URL"))?;
+    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a valid URL"))?;
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return Err(format!(
-            "{url:?} must be an absolute URL with a scheme and host"
-        ));
+        return Err(format!("{url:?} must be an absolute URL with a scheme and host"));
     };
     if authority.as_str().contains('@') {
         return Err("must not contain user info".to_owned());
@@ -32,8 +27,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// `localhost`, `127.0.0.0/8` and `::1`.
 pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether `value` is an origin that `pattern` allows. In the pattern `*` stands
@@ -42,10 +36,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 /// `https://evil.com/.my.salesforce.com`). A trailing `/` on the value is ignored;
 /// any other path, a query or user info is refused.
 pub fn matches_pattern(value: &str, pattern: &str) -> bool {
-    let value = value
-        .strip_suffix('/')
-        .unwrap_or(value)
-        .to_ascii_lowercase();
+    let value = value.strip_suffix('/').unwrap_or(value).to_ascii_lowercase();
     let pattern = pattern.to_ascii_lowercase();
     let Some((prefix, suffix)) = pattern.split_once('*') else {
         return value == pattern;
@@ -53,10 +44,7 @@ pub fn matches_pattern(value: &str, pattern: &str) -> bool {
     if suffix.contains('*') || value.len() < prefix.len() + suffix.len() {
         return false;
     }
-    let Some(label) = value
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_suffix(suffix))
-    else {
+    let Some(label) = value.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix)) else {
         return false;
     };
     !label.is_empty()
@@ -92,10 +80,7 @@ mod tests {
         ] {
             assert!(!matches_pattern(bad, p), "{bad}");
         }
-        assert!(matches_pattern(
-            "https://api.example.com",
-            "https://api.example.com"
-        ));
+        assert!(matches_pattern("https://api.example.com", "https://api.example.com"));
     }
 
     #[test]

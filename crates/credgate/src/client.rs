@@ -29,12 +29,7 @@ impl AdminClient {
 
     /// Sends a request and returns the JSON answer, or a failure whose exit code
     /// follows the API's error code.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, Failure> {
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.base);
         let mut request = Request::builder().method(method).uri(&url);
         if let Some(token) = &self.token {
@@ -80,22 +75,14 @@ impl AdminClient {
         if status.is_success() {
             return Ok(value);
         }
-        let message = value["message"]
-            .as_str()
-            .unwrap_or("unexpected answer")
-            .to_owned();
+        let message = value["message"].as_str().unwrap_or("unexpected answer").to_owned();
         let code = match status {
             StatusCode::UNAUTHORIZED => Code::Unavailable,
             StatusCode::NOT_FOUND => Code::NotFound,
             StatusCode::CONFLICT => Code::Conflict,
-            StatusCode::BAD_REQUEST
-            | StatusCode::UNPROCESSABLE_ENTITY
-            | StatusCode::PAYLOAD_TOO_LARGE => Code::Invalid,
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => Code::Invalid,
             _ => Code::Failure,
         };
-        Err(Failure::new(
-            code,
-            format!("{message} (HTTP {})", status.as_u16()),
-        ))
+        Err(Failure::new(code, format!("{message} (HTTP {})", status.as_u16())))
     }
 }

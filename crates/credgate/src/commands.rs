@@ -95,10 +95,7 @@ fn init_tracing() {
 fn load_config(path: &Path) -> Result<Config> {
     credgate_config::load(path).map_err(|errors| Failure {
         code: Code::Config,
-        message: format!(
-            "{errors}\nerror: {} configuration problem(s) found",
-            errors.0.len()
-        ),
+        message: format!("{errors}\nerror: {} configuration problem(s) found", errors.0.len()),
     })
 }
 
@@ -128,18 +125,11 @@ fn integrations_list(config: &Config, as_json: bool) {
                 i.name.clone(),
                 i.credentials.format.as_str().to_owned(),
                 i.authorization.format.as_str().to_owned(),
-                i.base_urls
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                i.base_urls.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" "),
             ]
         })
         .collect();
-    print_table(
-        &["NAME", "CREDENTIALS", "AUTHORIZATION", "BASE URLS"],
-        &rows,
-    );
+    print_table(&["NAME", "CREDENTIALS", "AUTHORIZATION", "BASE URLS"], &rows);
 }
 
 fn integrations_check(config_path: &Path, files: &[std::path::PathBuf]) -> Result {
@@ -193,9 +183,7 @@ async fn accounts(command: AccountsCommand) -> Result {
                 meta.insert(key.to_owned(), Value::String(value.to_owned()));
             }
             let body = json!({ "id": id, "integration": integration, "credentials": credentials, "metadata": meta });
-            let view = client
-                .call(Method::POST, "/v1/accounts", Some(&body))
-                .await?;
+            let view = client.call(Method::POST, "/v1/accounts", Some(&body)).await?;
             print_account(&view, output.json);
             Ok(())
         }
@@ -220,11 +208,7 @@ async fn accounts(command: AccountsCommand) -> Result {
                     query.append_pair("after", after);
                 }
                 let page = client
-                    .call(
-                        Method::GET,
-                        &format!("/v1/accounts?{}", query.finish()),
-                        None,
-                    )
+                    .call(Method::GET, &format!("/v1/accounts?{}", query.finish()), None)
                     .await?;
                 if let Some(list) = page["accounts"].as_array() {
                     accounts.extend(list.iter().cloned());
@@ -249,21 +233,14 @@ async fn accounts(command: AccountsCommand) -> Result {
                         ]
                     })
                     .collect();
-                print_table(
-                    &["ID", "INTEGRATION", "STATUS", "EXPIRES", "UPDATED"],
-                    &rows,
-                );
+                print_table(&["ID", "INTEGRATION", "STATUS", "EXPIRES", "UPDATED"], &rows);
             }
             Ok(())
         }
         AccountsCommand::Show { admin, id, output } => {
             let client = admin_client(&admin)?;
             let view = client
-                .call(
-                    Method::GET,
-                    &format!("/v1/accounts/{}", path_segment(&id)?),
-                    None,
-                )
+                .call(Method::GET, &format!("/v1/accounts/{}", path_segment(&id)?), None)
                 .await?;
             print_account(&view, output.json);
             Ok(())
@@ -271,11 +248,7 @@ async fn accounts(command: AccountsCommand) -> Result {
         AccountsCommand::Rm { admin, id } => {
             let client = admin_client(&admin)?;
             client
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/accounts/{}", path_segment(&id)?),
-                    None,
-                )
+                .call(Method::DELETE, &format!("/v1/accounts/{}", path_segment(&id)?), None)
                 .await?;
             println!("deleted {id}");
             Ok(())
@@ -292,10 +265,7 @@ fn path_segment(id: &str) -> Result<&str> {
     {
         Ok(id)
     } else {
-        Err(Failure::new(
-            Code::Invalid,
-            "id: use characters from [A-Za-z0-9._-]",
-        ))
+        Err(Failure::new(Code::Invalid, "id: use characters from [A-Za-z0-9._-]"))
     }
 }
 
@@ -319,12 +289,7 @@ fn read_credentials(source: &Path) -> Result<Value> {
     } else {
         std::fs::read_to_string(source).map(|t| text = t)
     };
-    read.map_err(|e| {
-        Failure::new(
-            Code::Invalid,
-            format!("--credentials {}: {e}", source.display()),
-        )
-    })?;
+    read.map_err(|e| Failure::new(Code::Invalid, format!("--credentials {}: {e}", source.display())))?;
     match serde_json::from_str::<Value>(&text) {
         Ok(value @ Value::Object(_)) => Ok(value),
         // Never echo the text: it holds secrets.

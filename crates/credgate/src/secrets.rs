@@ -12,8 +12,7 @@ use crate::exit::{Code, Failure};
 pub fn keyring(config: &ServerConfig, env: &dyn Env) -> Result<Keyring, Failure> {
     let mut keys = Vec::with_capacity(config.keys.len());
     for source in &config.keys {
-        let config_error =
-            |message: String| Failure::new(Code::Config, format!("keys: {}: {message}", source.id));
+        let config_error = |message: String| Failure::new(Code::Config, format!("keys: {}: {message}", source.id));
         let id = KeyId::new(source.id.clone()).map_err(|e| config_error(e.to_string()))?;
         let reference = source
             .secret_ref()
@@ -24,8 +23,7 @@ pub fn keyring(config: &ServerConfig, env: &dyn Env) -> Result<Keyring, Failure>
         if let Some(path) = &resolved.generated {
             warn_generated("encryption key", path);
         }
-        let key = Key::from_base64(&id, resolved.value.expose())
-            .map_err(|e| config_error(e.to_string()))?;
+        let key = Key::from_base64(&id, resolved.value.expose()).map_err(|e| config_error(e.to_string()))?;
         keys.push((id, key));
     }
     Keyring::new(keys).map_err(|e| Failure::new(Code::Config, e))

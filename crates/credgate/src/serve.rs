@@ -18,45 +18,57 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     let accounts = unlock(&config).await?;
     let token = secrets::admin_token(&config.server, &OsEnv)?;
     if token.is_none() {
-        tracing::warn!(
-            "the admin API has no token: anyone on this host can use it (allowed on loopback only)"
-        );
+        tracing::warn!("the admin API has no token: anyone on this host can use it (allowed on loopback only)");
     }
-    let proxy = Arc::new(proxy(&config, &accounts)?);
-    if !proxy.app_keys.required() {
-        tracing::warn!(
-            "no proxy.app_keys: any local process can use every account (allowed on loopback only)"
-        );
+    let settings = &config.server.proxy;
+    let integrations = Arc::new(config.integrations.clone());
+    let cache = Arc::new(AccountCache::new(
+        Arc::clone(accounts.store()),
+        Arc::clone(&integrations),
+        CACHE_CAPACITY,
+    ));
+    let threads = settings
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
+    let proxies = (0..threads)
+        .map(|_| proxy(&config, &accounts, &integrations, &cache))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !proxies[0].app_keys.required() {
+        tracing::warn!("no proxy.app_keys: any local process can use every account (allowed on loopback only)");
     }
 
-    let proxy_listener = bind(config.server.proxy.listen, "proxy").await?;
+    let proxy_listener = bind(settings.listen, "proxy").await?;
     let admin_listener = bind(config.server.admin.listen, "admin").await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(());
-    let cache = Arc::clone(&proxy.cache);
+    let invalidate = Arc::clone(&cache);
     let state = Arc::new(AdminState {
         accounts,
         token,
-        on_change: Some(Arc::new(move |id: &str| cache.invalidate(id))),
+        on_change: Some(Arc::new(move |id: &str| invalidate.invalidate(id))),
     });
-    let settings = &config.server.proxy;
     let limits = Limits {
         max_connections: settings.max_connections,
         header_read_timeout: settings.header_read_timeout,
         max_header_bytes: settings.max_header_bytes,
         ..Limits::default()
     };
-    let proxy_task = tokio::spawn(credgate_proxy::serve(
-        proxy_listener,
-        proxy,
-        limits,
-        shutdown_rx.clone(),
-    ));
+    let proxy_listener = proxy_listener
+        .into_std()
+        .map_err(|e| Failure::new(Code::Failure, format!("proxy listener: {e}")))?;
+    let workers = credgate_proxy::serve_per_thread(proxy_listener, proxies, limits, shutdown_rx.clone())
+        .map_err(|e| Failure::new(Code::Failure, format!("cannot start proxy workers: {e}")))?;
     let admin_task = tokio::spawn(credgate_admin::serve(admin_listener, state, shutdown_rx));
 
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = shutdown_tx.send(());
-    let _ = tokio::join!(proxy_task, admin_task);
+    let _ = admin_task.await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    })
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -64,24 +76,22 @@ pub async fn run(config: Config) -> Result<(), Failure> {
 /// Accounts the proxy keeps in memory at most (each entry is the sealed account).
 const CACHE_CAPACITY: usize = 100_000;
 
-fn proxy(config: &Config, accounts: &Accounts) -> Result<Proxy, Failure> {
+/// One proxy worker's state: shared cache and keyring, its own upstream pool.
+fn proxy(
+    config: &Config,
+    accounts: &Accounts,
+    integrations: &Arc<credgate_config::Integrations>,
+    cache: &Arc<AccountCache>,
+) -> Result<Proxy, Failure> {
     let settings = &config.server.proxy;
-    let app_keys = AppKeys::from_config(&settings.app_keys, &OsEnv)
-        .map_err(|e| Failure::new(Code::Config, e.to_string()))?;
-    let client = credgate_proxy::upstream::client(
-        settings.allow_private_upstreams,
-        settings.extra_ca_file.as_deref(),
-    )
-    .map_err(|e| Failure::new(Code::Config, format!("proxy: {e}")))?;
-    let integrations = Arc::new(config.integrations.clone());
+    let app_keys =
+        AppKeys::from_config(&settings.app_keys, &OsEnv).map_err(|e| Failure::new(Code::Config, e.to_string()))?;
+    let client = credgate_proxy::upstream::client(settings.allow_private_upstreams, settings.extra_ca_file.as_deref())
+        .map_err(|e| Failure::new(Code::Config, format!("proxy: {e}")))?;
     Ok(Proxy {
-        cache: Arc::new(AccountCache::new(
-            Arc::clone(accounts.store()),
-            Arc::clone(&integrations),
-            CACHE_CAPACITY,
-        )),
+        cache: Arc::clone(cache),
         keyring: accounts.keyring_arc(),
-        integrations,
+        integrations: Arc::clone(integrations),
         app_keys,
         client,
         passthrough: settings.passthrough,
@@ -95,13 +105,9 @@ fn proxy(config: &Config, accounts: &Accounts) -> Result<Proxy, Failure> {
 pub async fn unlock(config: &Config) -> Result<Accounts, Failure> {
     let keyring = secrets::keyring(&config.server, &OsEnv)?;
     let store = open_store(&config.server)?;
-    Accounts::unlock(
-        store,
-        Arc::new(keyring),
-        Arc::new(config.integrations.clone()),
-    )
-    .await
-    .map_err(|error| Failure::new(Code::Failure, format!("refusing to start: {error}")))
+    Accounts::unlock(store, Arc::new(keyring), Arc::new(config.integrations.clone()))
+        .await
+        .map_err(|error| Failure::new(Code::Failure, format!("refusing to start: {error}")))
 }
 
 fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, Failure> {
@@ -126,12 +132,9 @@ fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, Failure> {
 }
 
 async fn bind(addr: std::net::SocketAddr, name: &str) -> Result<TcpListener, Failure> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        Failure::new(
-            Code::Failure,
-            format!("cannot listen on {addr} ({name}): {e}"),
-        )
-    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::new(Code::Failure, format!("cannot listen on {addr} ({name}): {e}")))?;
     let local = listener.local_addr().unwrap_or(addr);
     // Tests and operators read the real address from this line (port 0 is allowed).
     tracing::info!(listener = name, addr = %local, "listening");

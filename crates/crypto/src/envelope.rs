@@ -25,8 +25,7 @@ impl Sealed {
     }
 
     pub(crate) fn assemble(key_id: &str, payload: &[u8]) -> Self {
-        let mut text =
-            String::with_capacity(VERSION.len() + key_id.len() + 2 + payload.len() * 4 / 3 + 4);
+        let mut text = String::with_capacity(VERSION.len() + key_id.len() + 2 + payload.len() * 4 / 3 + 4);
         text.push_str(VERSION);
         text.push(':');
         text.push_str(key_id);

@@ -28,11 +28,8 @@ pub struct KeyId(String);
 impl KeyId {
     pub fn new(id: impl Into<String>) -> Result<Self, CryptoError> {
         let id = id.into();
-        let valid = !id.is_empty()
-            && id.len() <= 32
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let valid =
+            !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if valid {
             Ok(Self(id))
         } else {
@@ -121,11 +118,10 @@ impl Keyring {
             if ring.iter().any(|(existing, _)| *existing == id) {
                 return Err(CryptoError::DuplicateKeyId(id.to_string()));
             }
-            let cipher =
-                Aes256Gcm::new_from_slice(&key.0[..]).map_err(|_| CryptoError::MalformedKey {
-                    key_id: id.to_string(),
-                    reason: "wrong length",
-                })?;
+            let cipher = Aes256Gcm::new_from_slice(&key.0[..]).map_err(|_| CryptoError::MalformedKey {
+                key_id: id.to_string(),
+                reason: "wrong length",
+            })?;
             ring.push((id, cipher));
         }
         Ok(Self { keys: ring })
@@ -141,23 +137,13 @@ impl Keyring {
     }
 
     /// Seals `plaintext` under the primary key, bound to `account` and `field`.
-    pub fn seal(
-        &self,
-        account: &str,
-        field: &str,
-        plaintext: &[u8],
-    ) -> Result<Sealed, CryptoError> {
+    pub fn seal(&self, account: &str, field: &str, plaintext: &[u8]) -> Result<Sealed, CryptoError> {
         let (key_id, cipher) = &self.keys[0];
         seal_with(key_id, cipher, account, field, plaintext)
     }
 
     /// Opens a value sealed for `account` and `field` with whichever key sealed it.
-    pub fn open(
-        &self,
-        account: &str,
-        field: &str,
-        sealed: &Sealed,
-    ) -> Result<SecretString, CryptoError> {
+    pub fn open(&self, account: &str, field: &str, sealed: &Sealed) -> Result<SecretString, CryptoError> {
         let cipher = self.cipher(sealed.key_id())?;
         let (buffer, range) = open_with(cipher, account, field, sealed)?;
         let text = std::str::from_utf8(&buffer[range]).map_err(|_| CryptoError::NotUtf8)?;
@@ -174,14 +160,8 @@ impl Keyring {
         self.keys
             .iter()
             .map(|(id, cipher)| {
-                let sealed = seal_with(
-                    id,
-                    cipher,
-                    KEY_CHECK_SCOPE,
-                    id.as_str(),
-                    KEY_CHECK_PLAINTEXT,
-                )
-                .expect("the key check plaintext is far below the size limit");
+                let sealed = seal_with(id, cipher, KEY_CHECK_SCOPE, id.as_str(), KEY_CHECK_PLAINTEXT)
+                    .expect("the key check plaintext is far below the size limit");
                 KeyCheck {
                     key_id: id.clone(),
                     sealed,
@@ -197,12 +177,7 @@ impl Keyring {
         let Some((_, cipher)) = self.keys.iter().find(|(id, _)| *id == check.key_id) else {
             return Ok(false);
         };
-        match open_with(
-            cipher,
-            KEY_CHECK_SCOPE,
-            check.key_id.as_str(),
-            &check.sealed,
-        ) {
+        match open_with(cipher, KEY_CHECK_SCOPE, check.key_id.as_str(), &check.sealed) {
             Ok((buffer, range)) if buffer[range.clone()] == *KEY_CHECK_PLAINTEXT => Ok(true),
             _ => Err(CryptoError::KeyCheckFailed(check.key_id.to_string())),
         }
@@ -220,10 +195,7 @@ impl Keyring {
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
-            .field(
-                "keys",
-                &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-            )
+            .field("keys", &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>())
             .finish()
     }
 }

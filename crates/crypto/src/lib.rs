@@ -27,10 +27,7 @@ pub use secret::SecretString;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
     #[error("malformed encryption key {key_id}: {reason}")]
-    MalformedKey {
-        key_id: String,
-        reason: &'static str,
-    },
+    MalformedKey { key_id: String, reason: &'static str },
     #[error("invalid key id {0:?}: use 1 to 32 characters from [A-Za-z0-9_-]")]
     InvalidKeyId(String),
     #[error("duplicate key id {0} in the keyring")]
@@ -41,9 +38,7 @@ pub enum CryptoError {
     MalformedEnvelope,
     #[error("value was encrypted with key {0}, which is not in the keyring")]
     UnknownKeyId(String),
-    #[error(
-        "decryption failed: wrong key, tampered ciphertext, or a value that belongs to another account or field"
-    )]
+    #[error("decryption failed: wrong key, tampered ciphertext, or a value that belongs to another account or field")]
     Decrypt,
     #[error("value is larger than the 64 KiB limit for one credential field")]
     TooLong,

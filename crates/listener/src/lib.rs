@@ -45,12 +45,8 @@ impl Default for Limits {
 /// Serves `make_service(peer)` on every accepted connection until `shutdown`
 /// changes; then stops accepting and waits (up to the drain timeout) for the
 /// connections in flight.
-pub async fn serve<S, B, F>(
-    listener: TcpListener,
-    limits: Limits,
-    make_service: F,
-    mut shutdown: watch::Receiver<()>,
-) where
+pub async fn serve<S, B, F>(listener: TcpListener, limits: Limits, make_service: F, mut shutdown: watch::Receiver<()>)
+where
     F: Fn(std::net::SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,

@@ -43,8 +43,7 @@ impl AppKeys {
                 reason,
             };
             let digest = match (&config.sha256, &config.key) {
-                (Some(hex), _) => parse_hex(hex)
-                    .ok_or_else(|| invalid("sha256 must be 64 hex characters".into()))?,
+                (Some(hex), _) => parse_hex(hex).ok_or_else(|| invalid("sha256 must be 64 hex characters".into()))?,
                 (None, Some(reference)) => {
                     let resolved = reference
                         .resolve(env, Default::default)
@@ -91,9 +90,8 @@ impl App<'_> {
     }
 
     pub fn may_use_integration(&self, name: &str) -> bool {
-        self.key.is_none_or(|key| {
-            key.integrations.is_empty() || key.integrations.iter().any(|i| i == name)
-        })
+        self.key
+            .is_none_or(|key| key.integrations.is_empty() || key.integrations.iter().any(|i| i == name))
     }
 
     pub fn name(&self) -> &str {
@@ -154,10 +152,7 @@ mod tests {
         assert!(!billing.may_use_account("acme-hubspot"));
         assert!(keys.authenticate(Some("key-one ")).is_none());
         assert!(keys.authenticate(None).is_none());
-        assert!(keys
-            .authenticate(Some("key-two"))
-            .unwrap()
-            .may_use_account("anything"));
+        assert!(keys.authenticate(Some("key-two")).unwrap().may_use_account("anything"));
         assert!(AppKeys::default().authenticate(None).is_some());
     }
 }

@@ -60,8 +60,7 @@ pub(crate) async fn tunnel(
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);
                 let mut upstream = upstream;
-                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                {
+                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     tracing::debug!(%error, "tunnel closed with an error");
                 }
             }

@@ -90,15 +90,11 @@ impl ProxyError {
             }
             other => other.to_string(),
         };
-        let body =
-            serde_json::json!({ "error": self.code(), "message": message, "account": account });
+        let body = serde_json::json!({ "error": self.code(), "message": message, "account": account });
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("credgate-error", HeaderValue::from_static(self.code()));
         match self {
             Self::ProxyAuthRequired(_) => {

@@ -16,12 +16,27 @@ const HOP_BY_HOP: &[HeaderName] = &[
 ];
 
 /// Non-standard but widespread hop-by-hop headers.
-const LEGACY_HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection"];
+static LEGACY_HOP_BY_HOP: [HeaderName; 2] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 pub const CREDGATE_PREFIX: &str = "credgate-";
 
 /// Removes hop-by-hop and proxy headers, in place.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        strip_connection_listed(headers);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    for name in &LEGACY_HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn strip_connection_listed(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -29,16 +44,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in listed.iter().chain(HOP_BY_HOP) {
+    for name in listed {
         headers.remove(name);
-    }
-    for name in LEGACY_HOP_BY_HOP {
-        headers.remove(*name);
     }
 }
 
 /// Removes every `credgate-*` header (account selection, app key, …).
 pub fn strip_credgate(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| name.as_str().starts_with(CREDGATE_PREFIX)) {
+        return;
+    }
     let ours: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().starts_with(CREDGATE_PREFIX))

@@ -24,11 +24,7 @@ pub enum Injection {
 }
 
 /// Builds the injection for `account` under its integration's `authorization`.
-pub fn render(
-    account: &Account,
-    integration: &Integration,
-    keyring: &Keyring,
-) -> Result<Injection, ProxyError> {
+pub fn render(account: &Account, integration: &Integration, keyring: &Keyring) -> Result<Injection, ProxyError> {
     let config = &integration.authorization.config;
     let lookup = |var: &str, out: &mut String| lookup(account, integration, keyring, var, out);
     match integration.authorization.format {
@@ -42,9 +38,8 @@ pub fn render(
         }
         AuthorizationFormat::Header => {
             let name = config.name.as_deref().unwrap_or_default();
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                ProxyError::Internal(format!("integration {}: bad header name", integration.name))
-            })?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ProxyError::Internal(format!("integration {}: bad header name", integration.name)))?;
             let value = render_template(config.value.as_ref(), lookup)?;
             Ok(Injection::Header(name, sensitive(&value)?))
         }
@@ -69,13 +64,7 @@ pub fn render(
 
 /// Appends one context variable's value: a sealed credential field (opened here)
 /// or a metadata value.
-fn lookup(
-    account: &Account,
-    integration: &Integration,
-    keyring: &Keyring,
-    var: &str,
-    out: &mut String,
-) -> bool {
+fn lookup(account: &Account, integration: &Integration, keyring: &Keyring, var: &str, out: &mut String) -> bool {
     if let Some(name) = var.strip_prefix("metadata.") {
         return match account.metadata.get(name) {
             Some(serde_json::Value::String(text)) => {

@@ -43,11 +43,8 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// Makes an account's credential fresh before use. The lifecycle engine provides
 /// one that joins the single-flight refresh; without it the stored token is used
 /// as it is.
-pub type Freshen = Arc<
-    dyn Fn(Arc<Entry>) -> Pin<Box<dyn Future<Output = Result<Arc<Entry>, ProxyError>> + Send>>
-        + Send
-        + Sync,
->;
+pub type Freshen =
+    Arc<dyn Fn(Arc<Entry>) -> Pin<Box<dyn Future<Output = Result<Arc<Entry>, ProxyError>> + Send>> + Send + Sync>;
 
 /// The header naming the account, for clients that can set headers.
 pub const ACCOUNT_HEADER: &str = "credgate-account";
@@ -124,11 +121,7 @@ impl Proxy {
         }
     }
 
-    async fn forward(
-        &self,
-        request: Request<Incoming>,
-        caller: Caller,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn forward(&self, request: Request<Incoming>, caller: Caller) -> Result<Response<ProxyBody>, ProxyError> {
         let target = Target::from_request(&request)?;
         let app = self
             .app_keys
@@ -159,11 +152,7 @@ impl Proxy {
         match entry.account.status {
             Status::Active => {}
             Status::NeedsReauth => return Err(ProxyError::NeedsReauth),
-            Status::Error => {
-                return Err(ProxyError::RefreshUnavailable {
-                    retry_after_secs: 60,
-                })
-            }
+            Status::Error => return Err(ProxyError::RefreshUnavailable { retry_after_secs: 60 }),
         }
         let origin = target.find_origin(&entry.origins).ok_or_else(|| {
             ProxyError::HostNotAllowed(format!(
@@ -194,28 +183,23 @@ impl Proxy {
         let (origin, injection) = match credential {
             Some((origin, injection)) => (origin, Some(injection)),
             None => {
-                passthrough_origin = target::Origin {
-                    scheme: target.scheme.clone(),
-                    host: target.host.clone(),
-                    port: target
-                        .port
-                        .unwrap_or(if target.scheme == http::uri::Scheme::HTTPS {
-                            443
-                        } else {
-                            80
-                        }),
-                    path: String::new(),
+                let default_port = if target.scheme == http::uri::Scheme::HTTPS {
+                    443
+                } else {
+                    80
                 };
+                passthrough_origin = target::Origin::new(
+                    target.scheme.clone(),
+                    target.host.clone(),
+                    target.port.unwrap_or(default_port),
+                    String::new(),
+                )
+                .ok_or_else(|| ProxyError::BadRequest("the request host is not valid".into()))?;
                 (&passthrough_origin, None)
             }
         };
         if !self.allow_private_upstreams {
-            if let Some(ip) = origin
-                .host
-                .parse()
-                .ok()
-                .filter(|ip| upstream::is_forbidden(*ip))
-            {
+            if let Some(ip) = origin.host.parse().ok().filter(|ip| upstream::is_forbidden(*ip)) {
                 return Err(ProxyError::HostNotAllowed(format!(
                     "{ip} is a private address (set proxy.allow_private_upstreams to allow it)"
                 )));
@@ -238,12 +222,7 @@ impl Proxy {
             parts.headers.insert(name, value);
         }
         let request = Request::from_parts(parts, body);
-        let response = match tokio::time::timeout(
-            self.upstream_timeout,
-            self.client.request(request),
-        )
-        .await
-        {
+        let response = match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout(self.upstream_timeout.as_secs())),
             Ok(Err(error)) => {
                 if upstream::refused_by_policy(&error) {
@@ -267,28 +246,21 @@ impl Proxy {
 /// Reads the account and app key from `credgate-account`, `credgate-app-key` and
 /// `Proxy-Authorization: Basic base64(account:app-key)`.
 fn caller(headers: &HeaderMap) -> Result<Caller, ProxyError> {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &http::HeaderValue| v.to_str().ok())
-    };
+    let text = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
     let mut account = text(ACCOUNT_HEADER).map(str::to_owned);
     let mut app_key = text(APP_KEY_HEADER).map(str::to_owned);
     if let Some(value) = headers.get(header::PROXY_AUTHORIZATION) {
-        let malformed = ProxyError::ProxyAuthRequired(
-            "Proxy-Authorization must be Basic base64(account:app-key)",
-        );
+        let malformed = ProxyError::ProxyAuthRequired("Proxy-Authorization must be Basic base64(account:app-key)");
         let encoded = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Basic ")
-                    .or_else(|| v.strip_prefix("basic "))
-            })
+            .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
             .ok_or(malformed)?;
-        let decoded = zeroize::Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| {
-            ProxyError::ProxyAuthRequired("Proxy-Authorization is not valid base64")
-        })?);
+        let decoded = zeroize::Zeroizing::new(
+            STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| ProxyError::ProxyAuthRequired("Proxy-Authorization is not valid base64"))?,
+        );
         let text = std::str::from_utf8(&decoded)
             .map_err(|_| ProxyError::ProxyAuthRequired("Proxy-Authorization is not UTF-8"))?;
         let (user, password) = text.split_once(':').unwrap_or((text, ""));
@@ -315,13 +287,50 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Serves the proxy on `listener` until `shutdown` changes, then drains.
-pub async fn serve(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
+/// Serves the proxy on `threads` OS threads, each running its own single-threaded
+/// runtime with its own accept loop and its own upstream connection pool (one
+/// [`Proxy`] each, from `proxies`).
+///
+/// Why not one work-stealing runtime: a proxied request is two connections (client
+/// and vendor) whose tasks wake each other for every request. On a shared runtime
+/// those wake-ups often cross threads (a futex and an IPI each); on a thread per
+/// core they stay on one thread, as in nginx's worker model. Measured on the
+/// 2-core benchmark machine: see the README. All threads accept on one listening
+/// socket; the account cache and keyring are shared.
+pub fn serve_per_thread(
+    listener: std::net::TcpListener,
+    proxies: Vec<Proxy>,
     limits: Limits,
     shutdown: watch::Receiver<()>,
-) {
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    listener.set_nonblocking(true)?;
+    let threads = proxies.len().max(1);
+    let per_thread = Limits {
+        max_connections: limits.max_connections.div_ceil(threads),
+        ..limits
+    };
+    let mut handles = Vec::with_capacity(threads);
+    for (i, proxy) in proxies.into_iter().enumerate() {
+        let listener = listener.try_clone()?;
+        let (limits, shutdown) = (per_thread.clone(), shutdown.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = std::thread::Builder::new()
+            .name(format!("credgate-proxy-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => serve(listener, Arc::new(proxy), limits, shutdown).await,
+                        Err(error) => tracing::error!(%error, "proxy worker cannot use the listener"),
+                    }
+                });
+            })?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// Serves the proxy on `listener` until `shutdown` changes, then drains.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, limits: Limits, shutdown: watch::Receiver<()>) {
     credgate_listener::serve(
         listener,
         limits,

@@ -9,33 +9,37 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use credgate_config::{RateLimitMapping, TimeHeader, TimeKind, TimeUnit};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 pub const LIMIT: &str = "ratelimit-limit";
 pub const REMAINING: &str = "ratelimit-remaining";
 pub const RESET: &str = "ratelimit-reset";
 
 /// Built-in `limit` headers, most standard first.
-const LIMIT_HEADERS: &[&str] = &[
-    LIMIT,
-    "x-ratelimit-limit",
-    "x-rate-limit-limit",
-    "x-hubspot-ratelimit-max",
+static LIMIT_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static(LIMIT),
+    HeaderName::from_static("x-ratelimit-limit"),
+    HeaderName::from_static("x-rate-limit-limit"),
+    HeaderName::from_static("x-hubspot-ratelimit-max"),
 ];
-const REMAINING_HEADERS: &[&str] = &[
-    REMAINING,
-    "x-ratelimit-remaining",
-    "x-rate-limit-remaining",
-    "x-hubspot-ratelimit-remaining",
+static REMAINING_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static(REMAINING),
+    HeaderName::from_static("x-ratelimit-remaining"),
+    HeaderName::from_static("x-rate-limit-remaining"),
+    HeaderName::from_static("x-hubspot-ratelimit-remaining"),
 ];
 /// Reset headers whose unit (epoch or delta) is guessed from the magnitude.
-const RESET_HEADERS: &[&str] = &[RESET, "x-ratelimit-reset", "x-rate-limit-reset"];
-/// `used/limit` pairs: (header, key before `=` if any).
-const USAGE_HEADERS: &[(&str, Option<&str>)] = &[
-    ("x-shopify-shop-api-call-limit", None),
-    ("sforce-limit-info", Some("api-usage")),
+static RESET_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static(RESET),
+    HeaderName::from_static("x-ratelimit-reset"),
+    HeaderName::from_static("x-rate-limit-reset"),
 ];
-const WINDOW_MS_HEADER: &str = "x-hubspot-ratelimit-interval-milliseconds";
+/// `used/limit` pairs: (header, key before `=` if any).
+static USAGE_HEADERS: [(HeaderName, Option<&str>); 2] = [
+    (HeaderName::from_static("x-shopify-shop-api-call-limit"), None),
+    (HeaderName::from_static("sforce-limit-info"), Some("api-usage")),
+];
+static WINDOW_MS_HEADER: HeaderName = HeaderName::from_static("x-hubspot-ratelimit-interval-milliseconds");
 
 /// What could be read from one response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,52 +51,42 @@ pub struct RateLimit {
 }
 
 /// Reads the rate-limit state from vendor headers.
-pub fn read(
-    headers: &HeaderMap,
-    mapping: Option<&RateLimitMapping>,
-    status: StatusCode,
-    now: SystemTime,
-) -> RateLimit {
-    let mapping = mapping.cloned().unwrap_or_default();
+pub fn read(headers: &HeaderMap, mapping: Option<&RateLimitMapping>, status: StatusCode, now: SystemTime) -> RateLimit {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let builtin = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let declared = |field: Option<&str>| field.map(text);
 
-    let usage = match &mapping.usage {
+    let usage = match mapping.and_then(|m| m.usage.as_ref()) {
         Some(usage) => text(&usage.header).and_then(|v| used_limit(v, usage.key.as_deref())),
         None => USAGE_HEADERS
             .iter()
-            .find_map(|(header, key)| text(header).and_then(|v| used_limit(v, *key))),
+            .find_map(|(header, key)| builtin(header).and_then(|v| used_limit(v, *key))),
     };
-    let limit = match &mapping.limit {
-        Some(h) => text(&h.header).and_then(number).map(whole),
-        None => LIMIT_HEADERS
-            .iter()
-            .find_map(|h| text(h).and_then(number))
-            .map(whole),
+    let limit = match declared(mapping.and_then(|m| m.limit.as_ref()).map(|h| h.header.as_str())) {
+        Some(value) => value.and_then(number),
+        None => LIMIT_HEADERS.iter().find_map(|h| builtin(h).and_then(number)),
     }
+    .map(whole)
     .or(usage.map(|(_, limit)| limit));
-    let remaining = match &mapping.remaining {
-        Some(h) => text(&h.header).and_then(number).map(whole),
-        None => REMAINING_HEADERS
-            .iter()
-            .find_map(|h| text(h).and_then(number))
-            .map(whole),
+    let remaining = match declared(mapping.and_then(|m| m.remaining.as_ref()).map(|h| h.header.as_str())) {
+        Some(value) => value.and_then(number),
+        None => REMAINING_HEADERS.iter().find_map(|h| builtin(h).and_then(number)),
     }
+    .map(whole)
     .or(usage.map(|(used, limit)| limit.saturating_sub(used)));
-    let reset = match &mapping.reset {
+    let reset = match mapping.and_then(|m| m.reset.as_ref()) {
         Some(h) => text(&h.header).and_then(|v| mapped_seconds(v, h, now)),
         None => RESET_HEADERS
             .iter()
-            .find_map(|h| text(h).and_then(|v| guessed_seconds(v, now))),
+            .find_map(|h| builtin(h).and_then(|v| guessed_seconds(v, now))),
     }
-    .or_else(|| match &mapping.window {
+    .or_else(|| match mapping.and_then(|m| m.window.as_ref()) {
         Some(h) => text(&h.header).and_then(|v| mapped_seconds(v, h, now)),
-        None => text(WINDOW_MS_HEADER)
-            .and_then(number)
-            .map(|ms| whole(ms / 1000.0)),
+        None => builtin(&WINDOW_MS_HEADER).and_then(number).map(|ms| whole(ms / 1000.0)),
     })
     .or_else(|| {
         (status == StatusCode::TOO_MANY_REQUESTS)
-            .then(|| text("retry-after").and_then(|v| retry_after(v, now)))
+            .then(|| builtin(&http::header::RETRY_AFTER).and_then(|v| retry_after(v, now)))
             .flatten()
     });
     RateLimit {
@@ -103,18 +97,9 @@ pub fn read(
 }
 
 /// Adds the normalized headers (and `Retry-After` on a 429 without one).
-pub fn normalize(
-    headers: &mut HeaderMap,
-    mapping: Option<&RateLimitMapping>,
-    status: StatusCode,
-    now: SystemTime,
-) {
+pub fn normalize(headers: &mut HeaderMap, mapping: Option<&RateLimitMapping>, status: StatusCode, now: SystemTime) {
     let state = read(headers, mapping, status, now);
-    for (name, value) in [
-        (LIMIT, state.limit),
-        (REMAINING, state.remaining),
-        (RESET, state.reset),
-    ] {
+    for (name, value) in [(LIMIT, state.limit), (REMAINING, state.remaining), (RESET, state.reset)] {
         if let Some(value) = value {
             headers.insert(name, HeaderValue::from(value));
         }
@@ -130,10 +115,7 @@ pub fn normalize(
 /// (`100, 100;w=60` → 100). Anything else is `None`.
 pub fn number(text: &str) -> Option<f64> {
     let first = text.split([',', ';']).next()?.trim();
-    if first.is_empty()
-        || first.len() > 24
-        || !first.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-    {
+    if first.is_empty() || first.len() > 24 || !first.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return None;
     }
     let value: f64 = first.parse().ok()?;
@@ -150,9 +132,7 @@ pub fn used_limit(text: &str, key: Option<&str>) -> Option<(u64, u64)> {
         None => text.trim(),
         Some(key) => text.split(',').find_map(|part| {
             let (name, value) = part.split_once('=')?;
-            name.trim()
-                .eq_ignore_ascii_case(key)
-                .then_some(value.trim())
+            name.trim().eq_ignore_ascii_case(key).then_some(value.trim())
         })?,
     };
     let (used, limit) = pair.split_once('/')?;
@@ -188,10 +168,7 @@ fn guessed_seconds(text: &str, now: SystemTime) -> Option<u64> {
 }
 
 fn until(epoch_seconds: f64, now: SystemTime) -> u64 {
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     whole((epoch_seconds - now).max(0.0))
 }
 

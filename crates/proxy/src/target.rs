@@ -34,6 +34,31 @@ pub struct Origin {
     pub port: u16,
     /// Path prefix without a trailing `/` (empty for the whole host).
     pub path: String,
+    /// `host[:port]` as sent upstream, built once per account load.
+    pub authority: Authority,
+}
+
+impl Origin {
+    pub fn new(scheme: Scheme, host: String, port: u16, path: String) -> Option<Self> {
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let bracketed = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let authority = if port == default_port {
+            bracketed
+        } else {
+            format!("{bracketed}:{port}")
+        };
+        Some(Self {
+            authority: authority.parse().ok()?,
+            scheme,
+            host,
+            port,
+            path,
+        })
+    }
 }
 
 impl Target {
@@ -46,9 +71,7 @@ impl Target {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         if !path_and_query.path().starts_with('/') {
-            return Err(ProxyError::BadRequest(
-                "the request path must start with /".into(),
-            ));
+            return Err(ProxyError::BadRequest("the request path must start with /".into()));
         }
         if has_dot_segments(path_and_query.path()) {
             return Err(ProxyError::BadRequest(
@@ -62,24 +85,16 @@ impl Target {
                     .headers()
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
-                    .ok_or_else(|| {
-                        ProxyError::BadRequest("send an absolute URI or a Host header".into())
-                    })?;
-                let authority: Authority = host.parse().map_err(|_| {
-                    ProxyError::BadRequest("the Host header is not a valid host".into())
-                })?;
+                    .ok_or_else(|| ProxyError::BadRequest("send an absolute URI or a Host header".into()))?;
+                let authority: Authority = host
+                    .parse()
+                    .map_err(|_| ProxyError::BadRequest("the Host header is not a valid host".into()))?;
                 (Scheme::HTTP, authority)
             }
-            _ => {
-                return Err(ProxyError::BadRequest(
-                    "the request URI is incomplete".into(),
-                ))
-            }
+            _ => return Err(ProxyError::BadRequest("the request URI is incomplete".into())),
         };
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(ProxyError::BadRequest(
-                "only http and https URIs can be proxied".into(),
-            ));
+            return Err(ProxyError::BadRequest("only http and https URIs can be proxied".into()));
         }
         if authority.as_str().contains('@') {
             return Err(ProxyError::BadRequest(
@@ -116,16 +131,8 @@ impl Target {
     }
 
     /// The URI to send upstream: the origin's scheme and port, the request's path.
-    pub fn upstream_uri(
-        &self,
-        origin: &Origin,
-        extra_query: Option<&str>,
-    ) -> Result<Uri, ProxyError> {
-        let default_port = if origin.scheme == Scheme::HTTPS {
-            443
-        } else {
-            80
-        };
+    pub fn upstream_uri(&self, origin: &Origin, extra_query: Option<&str>) -> Result<Uri, ProxyError> {
+        let default_port = if origin.scheme == Scheme::HTTPS { 443 } else { 80 };
         let host = if origin.host.contains(':') {
             format!("[{}]", origin.host)
         } else {
@@ -190,16 +197,16 @@ fn parse_origin(url: &str) -> Option<Origin> {
     let scheme = uri.scheme()?.clone();
     let authority = uri.authority()?;
     let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
-    Some(Origin {
-        host: authority
+    Origin::new(
+        scheme,
+        authority
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase(),
-        port: authority.port_u16().unwrap_or(default_port),
-        path: uri.path().trim_end_matches('/').to_owned(),
-        scheme,
-    })
+        authority.port_u16().unwrap_or(default_port),
+        uri.path().trim_end_matches('/').to_owned(),
+    )
 }
 
 /// Whether `path` is `prefix` or below it, on a segment boundary.
@@ -213,9 +220,19 @@ fn under(path: &str, prefix: &str) -> bool {
 /// could escape a base URL's path prefix.
 fn has_dot_segments(path: &str) -> bool {
     path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
+        // Strip one dot (literal or `%2e`, any case) at a time; a dot segment is one
+        // or two dots and nothing else.
+        let mut rest = segment.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() {
+            rest = match rest {
+                [b'.', tail @ ..] => tail,
+                [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+                _ => return false,
+            };
+            dots += 1;
+        }
+        dots == 1 || dots == 2
     })
 }
 
@@ -237,8 +254,7 @@ mod tests {
 
     #[test]
     fn absolute_and_origin_form() {
-        let t = Target::from_request(&request("http://API.Stripe.com/v1/charges?limit=3", None))
-            .unwrap();
+        let t = Target::from_request(&request("http://API.Stripe.com/v1/charges?limit=3", None)).unwrap();
         assert_eq!(
             (t.scheme.as_str(), t.host.as_str(), t.port),
             ("http", "api.stripe.com", None)
@@ -249,23 +265,22 @@ mod tests {
         assert!(Target::from_request(&request("/v1", None)).is_err());
         assert!(Target::from_request(&request("http://a.com/x/../admin", None)).is_err());
         assert!(Target::from_request(&request("http://a.com/x/%2E%2e/admin", None)).is_err());
+        assert!(Target::from_request(&request("http://a.com/x/./admin", None)).is_err());
+        assert!(Target::from_request(&request("http://a.com/x/.../a.b/..c/%2ex", None)).is_ok());
     }
 
     #[test]
     fn http_is_upgraded_to_the_declared_https_origin() {
         let origins = [origin("https://api.stripe.com")];
-        let t =
-            Target::from_request(&request("http://api.stripe.com/v1/charges?x=1", None)).unwrap();
+        let t = Target::from_request(&request("http://api.stripe.com/v1/charges?x=1", None)).unwrap();
         let found = t.find_origin(&origins).unwrap();
         assert_eq!(
             t.upstream_uri(found, Some("key=v")).unwrap().to_string(),
             "https://api.stripe.com/v1/charges?x=1&key=v"
         );
-        let wrong_port =
-            Target::from_request(&request("http://api.stripe.com:8443/v1", None)).unwrap();
+        let wrong_port = Target::from_request(&request("http://api.stripe.com:8443/v1", None)).unwrap();
         assert!(wrong_port.find_origin(&origins).is_none());
-        let other =
-            Target::from_request(&request("http://api.stripe.com.evil.com/v1", None)).unwrap();
+        let other = Target::from_request(&request("http://api.stripe.com.evil.com/v1", None)).unwrap();
         assert!(other.find_origin(&origins).is_none());
     }
 

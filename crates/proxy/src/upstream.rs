@@ -80,8 +80,7 @@ impl tower_service::Service<Name> for GuardedResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
                 .filter(|addr| allow_private || !is_forbidden(addr.ip()))
@@ -103,10 +102,7 @@ pub enum TlsSetupError {
 }
 
 /// Builds the upstream client: webpki roots plus an optional extra CA file.
-pub fn client(
-    allow_private: bool,
-    extra_ca: Option<&Path>,
-) -> Result<UpstreamClient, TlsSetupError> {
+pub fn client(allow_private: bool, extra_ca: Option<&Path>) -> Result<UpstreamClient, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {

@@ -33,9 +33,7 @@ pub enum StoreError {
     VersionConflict { id: String, expected: i64 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error(
-        "the store's schema version {found} is newer than this credgate supports ({supported})"
-    )]
+    #[error("the store's schema version {found} is newer than this credgate supports ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("storage backend: {0}")]
     Backend(String),
@@ -55,12 +53,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn update(&self, account: Account, events: Vec<NewEvent>) -> Result<Account, StoreError>;
 
     /// Deletes an account if its version is still `expected_version`, with its events.
-    async fn delete(
-        &self,
-        id: &str,
-        expected_version: i64,
-        events: Vec<NewEvent>,
-    ) -> Result<(), StoreError>;
+    async fn delete(&self, id: &str, expected_version: i64, events: Vec<NewEvent>) -> Result<(), StoreError>;
 
     /// A page of accounts in id order, after `filter.after`.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Account>, StoreError>;
@@ -73,12 +66,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn outbox_delivered(&self, event_id: &str, now_ms: i64) -> Result<(), StoreError>;
 
-    async fn outbox_retry_at(
-        &self,
-        event_id: &str,
-        attempts: u32,
-        next_attempt_ms: i64,
-    ) -> Result<(), StoreError>;
+    async fn outbox_retry_at(&self, event_id: &str, attempts: u32, next_attempt_ms: i64) -> Result<(), StoreError>;
 
     async fn key_checks(&self) -> Result<Vec<KeyCheck>, StoreError>;
 

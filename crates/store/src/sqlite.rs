@@ -75,9 +75,7 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish()
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
     }
 }
 
@@ -85,19 +83,15 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Backend(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", parent.display())))?;
         }
         create_private(path)?;
         let mut conn = Connection::open(path).map_err(backend)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
         migrate(&mut conn)?;
         Ok(Self {
             path: path.to_owned(),
@@ -159,8 +153,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for migration in &MIGRATIONS[current as usize..] {
         tx.execute_batch(migration).map_err(backend)?;
     }
-    tx.pragma_update(None, "user_version", supported)
-        .map_err(backend)?;
+    tx.pragma_update(None, "user_version", supported).map_err(backend)?;
     tx.commit().map_err(backend)
 }
 
@@ -177,26 +170,20 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Account, StoreErro
     let metadata: String = row.get(3)?;
     let status: String = row.get(4)?;
     let parsed = (|| {
-        let raw: BTreeMap<String, String> = serde_json::from_str(&credentials).map_err(|_| {
-            StoreError::Corrupt(format!("account {id}: credentials are not a JSON object"))
-        })?;
+        let raw: BTreeMap<String, String> = serde_json::from_str(&credentials)
+            .map_err(|_| StoreError::Corrupt(format!("account {id}: credentials are not a JSON object")))?;
         let credentials = raw
             .into_iter()
             .map(|(field, text)| {
                 Sealed::parse(text)
                     .map(|sealed| (field.clone(), sealed))
-                    .map_err(|_| {
-                        StoreError::Corrupt(format!(
-                            "account {id}: field {field} is not a sealed value"
-                        ))
-                    })
+                    .map_err(|_| StoreError::Corrupt(format!("account {id}: field {field} is not a sealed value")))
             })
             .collect::<Result<_, _>>()?;
-        let metadata = serde_json::from_str(&metadata).map_err(|_| {
-            StoreError::Corrupt(format!("account {id}: metadata is not a JSON object"))
-        })?;
-        let status = Status::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("account {id}: unknown status")))?;
+        let metadata = serde_json::from_str(&metadata)
+            .map_err(|_| StoreError::Corrupt(format!("account {id}: metadata is not a JSON object")))?;
+        let status =
+            Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("account {id}: unknown status")))?;
         Ok((credentials, metadata, status))
     })();
     Ok(match parsed {
@@ -218,15 +205,9 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Account, StoreErro
     })
 }
 
-fn query_accounts(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> Result<Vec<Account>, StoreError> {
+fn query_accounts(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Account>, StoreError> {
     let mut statement = conn.prepare_cached(sql).map_err(backend)?;
-    let rows = statement
-        .query_map(params, account_from_row)
-        .map_err(backend)?;
+    let rows = statement.query_map(params, account_from_row).map_err(backend)?;
     let mut accounts = Vec::new();
     for row in rows {
         accounts.push(row.map_err(backend)??);
@@ -275,11 +256,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create(
-        &self,
-        mut account: Account,
-        events: Vec<NewEvent>,
-    ) -> Result<Account, StoreError> {
+    async fn create(&self, mut account: Account, events: Vec<NewEvent>) -> Result<Account, StoreError> {
         self.run(move |conn| {
             account.version = 1;
             let tx = conn
@@ -316,11 +293,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update(
-        &self,
-        mut account: Account,
-        events: Vec<NewEvent>,
-    ) -> Result<Account, StoreError> {
+    async fn update(&self, mut account: Account, events: Vec<NewEvent>) -> Result<Account, StoreError> {
         self.run(move |conn| {
             let expected = account.version;
             let tx = conn
@@ -369,12 +342,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete(
-        &self,
-        id: &str,
-        expected_version: i64,
-        events: Vec<NewEvent>,
-    ) -> Result<(), StoreError> {
+    async fn delete(&self, id: &str, expected_version: i64, events: Vec<NewEvent>) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.run(move |conn| {
             let tx = conn
@@ -480,12 +448,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn outbox_retry_at(
-        &self,
-        event_id: &str,
-        attempts: u32,
-        next_attempt_ms: i64,
-    ) -> Result<(), StoreError> {
+    async fn outbox_retry_at(&self, event_id: &str, attempts: u32, next_attempt_ms: i64) -> Result<(), StoreError> {
         let event_id = event_id.to_owned();
         self.run(move |conn| {
             conn.execute(
@@ -504,9 +467,7 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT key_id, sealed FROM key_checks ORDER BY key_id")
                 .map_err(backend)?;
             let rows = statement
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
                 .map_err(backend)?;
             let mut checks = Vec::new();
             for row in rows {

@@ -32,11 +32,10 @@ pub async fn http(method: Method, url: &str, token: Option<&str>, body: Option<&
     let request = request
         .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
         .unwrap();
-    let response =
-        tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
-            .await
-            .expect("request timed out")
-            .expect("request failed");
+    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();

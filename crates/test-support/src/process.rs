@@ -65,10 +65,7 @@ impl Deployment {
     /// A deployment with its own integrations (`(name, yaml)`) and extra settings
     /// merged into the `proxy:` block (e.g. `allow_private_upstreams: true`).
     pub fn with_integrations(integrations: &[(&str, String)], proxy_settings: &str) -> Self {
-        let files: Vec<(String, String)> = integrations
-            .iter()
-            .map(|(n, y)| (n.to_string(), y.clone()))
-            .collect();
+        let files: Vec<(String, String)> = integrations.iter().map(|(n, y)| (n.to_string(), y.clone())).collect();
         Self::write(PathBuf::from("integrations"), proxy_settings, move |dir| {
             let folder = dir.join("integrations");
             std::fs::create_dir_all(&folder).unwrap();
@@ -262,10 +259,7 @@ fn wait_with_deadline(child: &mut Child, timeout: Duration) -> ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit in {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "process did not exit in {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -120,15 +120,11 @@ impl FakeVendor {
                     match tls {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = builder
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
+                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                             }
                         }
                         None => {
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                         }
                     }
                 });
@@ -180,21 +176,13 @@ async fn respond(
     }
     seen.lock().unwrap().push(Recorded {
         method: parts.method,
-        uri: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
+        uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts.headers,
         body_len,
     });
     let answer = told.lock().unwrap().clone();
     match answer {
-        Answer::Fixed {
-            status,
-            headers,
-            body,
-        } => {
+        Answer::Fixed { status, headers, body } => {
             let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
             *response.status_mut() = status;
             for (name, value) in headers {

@@ -29,10 +29,7 @@ async fn service(dir: &tempfile::TempDir, keys: &[(&str, &Key)]) -> Result<Accou
 }
 
 fn create(id: &str, integration: &str, credentials: Value) -> CreateAccount {
-    serde_json::from_value(
-        json!({ "id": id, "integration": integration, "credentials": credentials }),
-    )
-    .unwrap()
+    serde_json::from_value(json!({ "id": id, "integration": integration, "credentials": credentials })).unwrap()
 }
 
 #[tokio::test]
@@ -63,10 +60,7 @@ async fn bad_input_names_the_field_and_stores_nothing() {
     let accounts = service(&dir, &[("k1", &key)]).await.unwrap();
     let cases = [
         (create("bad id!", "stripe", json!({ "api_key": "x" })), "id"),
-        (
-            create("a", "nope", json!({ "api_key": "x" })),
-            "integration",
-        ),
+        (create("a", "nope", json!({ "api_key": "x" })), "integration"),
         (create("a", "stripe", json!({})), "credentials.api_key"),
         (
             create("a", "stripe", json!({ "api_key": "x", "extra": "y" })),
@@ -81,11 +75,7 @@ async fn bad_input_names_the_field_and_stores_nothing() {
             "metadata.site_url",
         ),
         (
-            create(
-                "a",
-                "github",
-                json!({ "access_token": "t", "expires_in": "soon" }),
-            ),
+            create("a", "github", json!({ "access_token": "t", "expires_in": "soon" })),
             "credentials.expires_in",
         ),
     ];
@@ -104,12 +94,7 @@ async fn bad_input_names_the_field_and_stores_nothing() {
     assert_eq!(error.field(), Some("metadata.instance_url"));
     let listed = accounts.list(ListFilter::default()).await.unwrap();
     assert!(listed.accounts.is_empty());
-    assert!(accounts
-        .store()
-        .outbox_due(i64::MAX, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(accounts.store().outbox_due(i64::MAX, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -153,11 +138,9 @@ async fn oauth_expiry_and_new_credentials_reactivate() {
         .collect();
     assert_eq!(kinds, [events::CREATED, events::REACTIVATED]);
     let stored = accounts.store().get("acme-hubspot").await.unwrap().unwrap();
-    let opened = accounts.keyring().open(
-        "acme-hubspot",
-        "refresh_token",
-        &stored.credentials["refresh_token"],
-    );
+    let opened = accounts
+        .keyring()
+        .open("acme-hubspot", "refresh_token", &stored.credentials["refresh_token"]);
     assert_eq!(opened.unwrap().expose(), "rt-2");
 }
 
@@ -170,12 +153,10 @@ async fn patch_cannot_remove_a_required_field() {
         .create(create("s", "stripe", json!({ "api_key": "k" })))
         .await
         .unwrap();
-    let patch: PatchAccount =
-        serde_json::from_value(json!({ "credentials": { "api_key": null } })).unwrap();
+    let patch: PatchAccount = serde_json::from_value(json!({ "credentials": { "api_key": null } })).unwrap();
     let error = accounts.patch("s", patch).await.unwrap_err();
     assert_eq!(error.field(), Some("credentials.api_key"));
-    let stale: PatchAccount =
-        serde_json::from_value(json!({ "metadata": {}, "version": 9 })).unwrap();
+    let stale: PatchAccount = serde_json::from_value(json!({ "metadata": {}, "version": 9 })).unwrap();
     assert!(matches!(
         accounts.patch("s", stale).await,
         Err(AccountError::Conflict(_))
@@ -225,9 +206,7 @@ async fn rekey_moves_everything_to_the_primary_key_and_retires_the_old_one() {
     drop(accounts);
 
     let new = Key::generate();
-    let rotated = service(&dir, &[("new", &new), ("old", &old)])
-        .await
-        .unwrap();
+    let rotated = service(&dir, &[("new", &new), ("old", &old)]).await.unwrap();
     let report = rotated.rekey().await.unwrap();
     assert_eq!(report.accounts_rekeyed, 7);
     assert_eq!(report.values_resealed, 7);

@@ -14,10 +14,7 @@ fn seal_then_open_round_trips() {
     let sealed = ring.seal("acme", "api_key", b"sk_live_123").unwrap();
     assert_eq!(sealed.key_id(), "k1");
     assert!(!sealed.as_str().contains("sk_live_123"));
-    assert_eq!(
-        ring.open("acme", "api_key", &sealed).unwrap().expose(),
-        "sk_live_123"
-    );
+    assert_eq!(ring.open("acme", "api_key", &sealed).unwrap().expose(), "sk_live_123");
 }
 
 #[test]
@@ -32,24 +29,15 @@ fn every_seal_uses_a_fresh_nonce() {
 fn wrong_key_fails_cleanly() {
     let sealed = ring(&["k1"]).seal("acme", "api_key", b"secret").unwrap();
     let other = ring(&["k1"]);
-    assert_eq!(
-        other.open("acme", "api_key", &sealed),
-        Err(CryptoError::Decrypt)
-    );
+    assert_eq!(other.open("acme", "api_key", &sealed), Err(CryptoError::Decrypt));
 }
 
 #[test]
 fn ciphertext_moved_to_another_account_or_field_fails() {
     let ring = ring(&["k1"]);
     let sealed = ring.seal("acme", "api_key", b"secret").unwrap();
-    assert_eq!(
-        ring.open("globex", "api_key", &sealed),
-        Err(CryptoError::Decrypt)
-    );
-    assert_eq!(
-        ring.open("acme", "password", &sealed),
-        Err(CryptoError::Decrypt)
-    );
+    assert_eq!(ring.open("globex", "api_key", &sealed), Err(CryptoError::Decrypt));
+    assert_eq!(ring.open("acme", "password", &sealed), Err(CryptoError::Decrypt));
     // Length prefixes keep ("ab","c") and ("a","bc") apart.
     let sealed = ring.seal("ab", "c", b"secret").unwrap();
     assert_eq!(ring.open("a", "bc", &sealed), Err(CryptoError::Decrypt));
@@ -70,10 +58,7 @@ fn tampered_ciphertext_fails() {
         };
         let result = ring.open("acme", "api_key", &tampered);
         assert!(
-            matches!(
-                result,
-                Err(CryptoError::Decrypt | CryptoError::MalformedEnvelope)
-            ),
+            matches!(result, Err(CryptoError::Decrypt | CryptoError::MalformedEnvelope)),
             "position {i}: {result:?}"
         );
     }
@@ -82,18 +67,11 @@ fn tampered_ciphertext_fails() {
 #[test]
 fn malformed_envelopes_are_refused() {
     for text in ["", "cg1", "cg1:k1", "cg1::abc", "cg2:k1:abc", "plaintext"] {
-        assert_eq!(
-            Sealed::parse(text),
-            Err(CryptoError::MalformedEnvelope),
-            "{text:?}"
-        );
+        assert_eq!(Sealed::parse(text), Err(CryptoError::MalformedEnvelope), "{text:?}");
     }
     let ring = ring(&["k1"]);
     let short = Sealed::parse("cg1:k1:AAAA").unwrap();
-    assert_eq!(
-        ring.open("a", "b", &short),
-        Err(CryptoError::MalformedEnvelope)
-    );
+    assert_eq!(ring.open("a", "b", &short), Err(CryptoError::MalformedEnvelope));
 }
 
 #[test]
@@ -114,19 +92,10 @@ fn first_key_seals_and_all_keys_open() {
 
     let rotated = Keyring::new(vec![
         key("new"),
-        (
-            old_id.clone(),
-            Key::from_base64(&old_id, old_b64.expose()).unwrap(),
-        ),
+        (old_id.clone(), Key::from_base64(&old_id, old_b64.expose()).unwrap()),
     ])
     .unwrap();
-    assert_eq!(
-        rotated
-            .open("acme", "api_key", &sealed_old)
-            .unwrap()
-            .expose(),
-        "secret"
-    );
+    assert_eq!(rotated.open("acme", "api_key", &sealed_old).unwrap().expose(), "secret");
     assert!(rotated.needs_rekey(&sealed_old));
     let resealed = rotated.seal("acme", "api_key", b"secret").unwrap();
     assert_eq!(resealed.key_id(), "new");
@@ -151,10 +120,7 @@ fn key_checks_catch_a_wrong_key_with_the_same_id() {
 fn malformed_keys_are_refused_without_echoing_them() {
     let id = KeyId::new("k1").unwrap();
     let err = Key::from_base64(&id, "not base64 !!").unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "malformed encryption key k1: not valid base64"
-    );
+    assert_eq!(err.to_string(), "malformed encryption key k1: not valid base64");
     let err = Key::from_base64(&id, "c2hvcnQ=").unwrap_err();
     assert!(!err.to_string().contains("c2hvcnQ"));
     assert!(KeyId::new("bad id").is_err());

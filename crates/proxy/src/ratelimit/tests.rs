@@ -29,13 +29,7 @@ fn vendor_shapes() {
     let epoch_ms_in_90 = ((NOW + 90) * 1000).to_string();
     let date_in_120 = httpdate::fmt_http_date(now() + Duration::from_secs(120));
     /// (name, vendor headers, status, declared mapping, expected)
-    type Case<'a> = (
-        &'a str,
-        Vec<(&'a str, &'a str)>,
-        StatusCode,
-        Option<&'a str>,
-        RateLimit,
-    );
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, StatusCode, Option<&'a str>, RateLimit);
     let cases: Vec<Case> = vec![
         (
             "GitHub: x-ratelimit-* with epoch reset",
@@ -167,10 +161,7 @@ fn normalize_adds_ietf_headers_and_retry_after_only_when_missing() {
     assert_eq!(h["ratelimit-remaining"], "0");
     assert_eq!(h["ratelimit-reset"], "42");
     assert_eq!(h["retry-after"], "42");
-    assert_eq!(
-        h["x-ratelimit-reset"], "1800000042",
-        "vendor headers are untouched"
-    );
+    assert_eq!(h["x-ratelimit-reset"], "1800000042", "vendor headers are untouched");
 
     let mut h = headers(&[
         ("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),

@@ -68,10 +68,7 @@ async fn create_get_round_trip_and_duplicates_are_refused() {
     assert!(matches!(duplicate, Err(StoreError::AlreadyExists(id)) if id == "acme"));
     // The refused create wrote no event.
     let events = store.outbox_due(i64::MAX, 10).await.unwrap();
-    assert_eq!(
-        events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-        ["e1"]
-    );
+    assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e1"]);
 }
 
 #[tokio::test]
@@ -83,10 +80,7 @@ async fn data_survives_reopening() {
         .await
         .unwrap();
     let reopened = open(&dir);
-    assert_eq!(
-        reopened.get("acme").await.unwrap().unwrap().integration,
-        "stripe"
-    );
+    assert_eq!(reopened.get("acme").await.unwrap().unwrap().integration, "stripe");
 }
 
 #[tokio::test]
@@ -94,21 +88,12 @@ async fn update_is_compare_and_set_on_the_version() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let ring = ring();
-    let v1 = store
-        .create(account(&ring, "acme", "stripe"), vec![])
-        .await
-        .unwrap();
+    let v1 = store.create(account(&ring, "acme", "stripe"), vec![]).await.unwrap();
     let mut change = v1.clone();
     change.status = Status::NeedsReauth;
-    let v2 = store
-        .update(change, vec![event("e1", "acme")])
-        .await
-        .unwrap();
+    let v2 = store.update(change, vec![event("e1", "acme")]).await.unwrap();
     assert_eq!(v2.version, 2);
-    assert_eq!(
-        store.get("acme").await.unwrap().unwrap().status,
-        Status::NeedsReauth
-    );
+    assert_eq!(store.get("acme").await.unwrap().unwrap().status, Status::NeedsReauth);
 
     // A stale copy (version 1) loses, and its event is not written.
     let stale = store.update(v1, vec![event("e2", "acme")]).await;
@@ -140,10 +125,7 @@ async fn two_writers_with_the_same_expected_version_exactly_one_wins() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (open(&dir), open(&dir));
     let ring = ring();
-    let mut current = a
-        .create(account(&ring, "acme", "stripe"), vec![])
-        .await
-        .unwrap();
+    let mut current = a.create(account(&ring, "acme", "stripe"), vec![]).await.unwrap();
     for round in 0..50 {
         let mut from_a = current.clone();
         from_a.last_error = Some(format!("a{round}"));
@@ -164,18 +146,12 @@ async fn delete_checks_the_version_and_writes_its_event() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let ring = ring();
-    store
-        .create(account(&ring, "acme", "stripe"), vec![])
-        .await
-        .unwrap();
+    store.create(account(&ring, "acme", "stripe"), vec![]).await.unwrap();
     assert!(matches!(
         store.delete("acme", 7, vec![]).await,
         Err(StoreError::VersionConflict { .. })
     ));
-    store
-        .delete("acme", 1, vec![event("gone", "acme")])
-        .await
-        .unwrap();
+    store.delete("acme", 1, vec![event("gone", "acme")]).await.unwrap();
     assert!(store.get("acme").await.unwrap().is_none());
     assert!(matches!(
         store.delete("acme", 1, vec![]).await,
@@ -242,10 +218,7 @@ async fn due_for_refresh_returns_active_due_accounts_soonest_first() {
         a.status = status;
         store.create(a, vec![]).await.unwrap();
     }
-    store
-        .create(account(&ring, "never", "stripe"), vec![])
-        .await
-        .unwrap();
+    store.create(account(&ring, "never", "stripe"), vec![]).await.unwrap();
     let due: Vec<_> = store
         .due_for_refresh(500, 10)
         .await
@@ -292,18 +265,12 @@ async fn key_checks_and_counting_values_per_key() {
     let check = ring.key_checks().remove(0);
     store.add_key_check(&check).await.unwrap();
     let other_key = self::ring();
-    store
-        .add_key_check(&other_key.key_checks().remove(0))
-        .await
-        .unwrap(); // same id: kept
+    store.add_key_check(&other_key.key_checks().remove(0)).await.unwrap(); // same id: kept
     let stored = store.key_checks().await.unwrap();
     assert_eq!(stored, vec![check]);
     assert_eq!(ring.verify(&stored[0]), Ok(true));
 
-    store
-        .create(account(&ring, "acme", "stripe"), vec![])
-        .await
-        .unwrap();
+    store.create(account(&ring, "acme", "stripe"), vec![]).await.unwrap();
     assert_eq!(store.count_sealed_with("k1").await.unwrap(), 1);
     assert_eq!(store.count_sealed_with("k").await.unwrap(), 0);
     store.remove_key_check("k1").await.unwrap();
@@ -318,8 +285,5 @@ async fn a_newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let error = SqliteStore::open(&dir.path().join("credgate.db")).unwrap_err();
-    assert!(
-        matches!(error, StoreError::SchemaTooNew { found: 99, .. }),
-        "{error}"
-    );
+    assert!(matches!(error, StoreError::SchemaTooNew { found: 99, .. }), "{error}");
 }
