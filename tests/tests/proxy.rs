@@ -566,3 +566,120 @@ async fn oversized_and_slow_request_heads_are_cut_off() {
     let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "the slow client was not disconnected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight() {
+    let w = world(", allow_private_upstreams: true").await;
+    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    w.vendor.answer(Answer::Held {
+        arrived: arrived.clone(),
+        release: release.clone(),
+    });
+    let proxy = w.server.proxy_url();
+    let url = format!("{}/v1/slow", w.vendor.url());
+    let request = tokio::task::spawn_blocking(move || {
+        curl(&["-x", &proxy, "-U", &format!("acme-bearer:{BILLING_KEY}"), &url], &[])
+    });
+    tokio::time::timeout(Duration::from_secs(30), arrived.notified())
+        .await
+        .expect("request reached the vendor");
+    let pid = w.server.pid();
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    // The listener closes at once; the request in flight is still answered.
+    let closed = credgate_test_support::eventually(Duration::from_secs(10), || {
+        let addr = w.server.proxy_addr.clone();
+        async move { tokio::net::TcpStream::connect(addr).await.is_err() }
+    })
+    .await;
+    assert!(closed, "the proxy kept accepting after SIGTERM");
+    release.notify_one();
+    let (code, out) = request.await.unwrap();
+    assert_eq!(code, 200, "{out}");
+    assert!(out.contains("slow"), "{out}");
+    let (exit, logs) = w.server.stop();
+    assert!(exit.success(), "{exit}: {logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_forwards_without_credentials_and_tunnels_listed_hosts() {
+    let w = world(", allow_private_upstreams: true, passthrough: true").await;
+    let proxy = w.server.proxy_url();
+    // No account: forwarded untouched, nothing injected.
+    let (status, out) = curl(
+        &[
+            "-x",
+            &proxy,
+            "-U",
+            &format!(":{BILLING_KEY}"),
+            "-H",
+            "Authorization: Bearer apps-own",
+            &format!("{}/open", w.vendor.url()),
+        ],
+        &[],
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        w.vendor.requests().pop().unwrap().headers["authorization"],
+        "Bearer apps-own"
+    );
+
+    // CONNECT to a host some integration lists: a plain tunnel, TLS end to end.
+    let ca = w.deployment.dir.path().join("ca.pem");
+    let (status, out) = curl(
+        &[
+            "-x",
+            &proxy,
+            "-U",
+            &format!(":{BILLING_KEY}"),
+            "-p",
+            "--cacert",
+            ca.to_str().unwrap(),
+            &format!("https://localhost:{}/tunnelled", w.tls_vendor.port()),
+        ],
+        &[],
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(w.tls_vendor.requests().pop().unwrap().uri, "/tunnelled");
+    // CONNECT elsewhere is refused.
+    let (_, out) = curl(
+        &[
+            "-x",
+            &proxy,
+            "-U",
+            &format!(":{BILLING_KEY}"),
+            "-p",
+            "https://example.com/",
+        ],
+        &[],
+    );
+    assert!(
+        out.contains("403") && out.to_ascii_lowercase().contains("credgate-error: host_not_allowed"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_works() {
+    let w = world(", allow_private_upstreams: true").await;
+    let (status, out) = curl(
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            &format!("Host: 127.0.0.1:{}", w.vendor.port()),
+            "-H",
+            "credgate-account: acme-bearer",
+            "-H",
+            &format!("credgate-app-key: {BILLING_KEY}"),
+            &format!("{}/v1/h2", w.server.proxy_url()),
+        ],
+        &[],
+    );
+    assert_eq!(status, 200, "{out}");
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    assert_eq!(
+        w.vendor.requests().pop().unwrap().headers["authorization"],
+        format!("Bearer {SECRET}")
+    );
+}

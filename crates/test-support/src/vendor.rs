@@ -35,6 +35,12 @@ pub enum Answer {
     },
     /// 200 with `bytes` of generated body, streamed in 64 KiB chunks.
     Stream { bytes: u64 },
+    /// Waits until `release` is notified, then answers 200 `{"slow":true}`; tells
+    /// `arrived` when the request is in.
+    Held {
+        arrived: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Notify>,
+    },
 }
 
 impl Answer {
@@ -182,6 +188,11 @@ async fn respond(
     });
     let answer = told.lock().unwrap().clone();
     match answer {
+        Answer::Held { arrived, release } => {
+            arrived.notify_one();
+            release.notified().await;
+            Response::new(Full::new(Bytes::from_static(b"{\"slow\":true}")).boxed())
+        }
         Answer::Fixed { status, headers, body } => {
             let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
             *response.status_mut() = status;
