@@ -31,6 +31,7 @@ fn masked_listing_of_10_000_accounts(c: &mut Criterion) {
                 version: 1,
                 created_at: 1_700_000_000_000,
                 updated_at: 1_700_000_000_000,
+                refresh_failures: 0,
             }
         })
         .collect();

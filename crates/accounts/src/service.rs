@@ -166,6 +166,7 @@ impl Accounts {
             version: 0,
             created_at: now,
             updated_at: now,
+            refresh_failures: 0,
         };
         let mut sealed = BTreeMap::new();
         self.seal_all(&account.id, &credentials, &mut sealed)?;

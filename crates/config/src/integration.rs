@@ -77,6 +77,11 @@ pub struct ClientConfig {
     pub id: ValueOrRef,
     #[serde(default)]
     pub secret: Option<SecretRef>,
+    /// The secret being rotated out: tried when the vendor answers
+    /// `invalid_client` to `secret`, so a vendor-side rotation needs no
+    /// synchronised restart.
+    #[serde(default)]
+    pub previous_secret: Option<SecretRef>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -612,7 +617,7 @@ fn is_name(name: &str) -> bool {
 pub(crate) fn rebase_secrets(integration: &mut Integration, base: &Path) {
     if let Some(client) = &mut integration.credentials.client {
         client.id.rebase(base);
-        if let Some(secret) = &mut client.secret {
+        for secret in [&mut client.secret, &mut client.previous_secret].into_iter().flatten() {
             secret.rebase(base);
         }
     }

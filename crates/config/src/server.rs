@@ -212,6 +212,25 @@ pub struct RefreshConfig {
     pub window_min: Duration,
     #[serde(default = "default_window_max", with = "crate::duration")]
     pub window_max: Duration,
+    /// Lifetime of the cross-replica refresh lock; a refresher that hangs loses it.
+    #[serde(default = "default_lock_ttl", with = "crate::duration")]
+    pub lock_ttl: Duration,
+    /// Timeout of one token request; must be shorter than `lock_ttl`.
+    #[serde(default = "default_token_timeout", with = "crate::duration")]
+    pub token_timeout: Duration,
+    /// First retry delay after a transient failure; doubles per failure, with jitter.
+    #[serde(default = "default_backoff_base", with = "crate::duration")]
+    pub backoff_base: Duration,
+    #[serde(default = "default_backoff_max", with = "crate::duration")]
+    pub backoff_max: Duration,
+    /// How often the scheduler looks for due accounts.
+    #[serde(default = "default_tick", with = "crate::duration")]
+    pub tick: Duration,
+    /// Due accounts read per scheduler pass, and refreshed at once at most.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
 }
 
 impl Default for RefreshConfig {
@@ -220,8 +239,43 @@ impl Default for RefreshConfig {
             skew: default_skew(),
             window_min: default_window_min(),
             window_max: default_window_max(),
+            lock_ttl: default_lock_ttl(),
+            token_timeout: default_token_timeout(),
+            backoff_base: default_backoff_base(),
+            backoff_max: default_backoff_max(),
+            tick: default_tick(),
+            batch: default_batch(),
+            concurrency: default_concurrency(),
         }
     }
+}
+
+fn default_lock_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_token_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_backoff_base() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(3 * 3600)
+}
+
+fn default_tick() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_batch() -> usize {
+    200
+}
+
+fn default_concurrency() -> usize {
+    16
 }
 
 fn default_skew() -> Duration {
@@ -350,6 +404,21 @@ impl ServerConfig {
         let refresh = &self.refresh;
         if refresh.window_min > refresh.window_max {
             errors.error("refresh.window_min", "must not be larger than refresh.window_max");
+        }
+        if refresh.token_timeout >= refresh.lock_ttl {
+            errors.error(
+                "refresh.token_timeout",
+                "must be shorter than refresh.lock_ttl, or a slow refresh could outlive its lock",
+            );
+        }
+        if refresh.backoff_base.is_zero() || refresh.backoff_base > refresh.backoff_max {
+            errors.error(
+                "refresh.backoff_base",
+                "must be above zero and at most refresh.backoff_max",
+            );
+        }
+        if refresh.batch == 0 || refresh.concurrency == 0 || refresh.tick.is_zero() {
+            errors.error("refresh", "batch, concurrency and tick must be above zero");
         }
     }
 }

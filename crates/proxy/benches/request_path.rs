@@ -45,6 +45,7 @@ fn request_path(c: &mut Criterion) {
                 version: 0,
                 created_at: 0,
                 updated_at: 0,
+                refresh_failures: 0,
             };
             store.create(account, vec![]).await.unwrap();
             cache.get(&id).await.unwrap().unwrap();

@@ -24,6 +24,8 @@ pub struct Account {
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Consecutive failed refreshes since the last success (drives backoff).
+    pub refresh_failures: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

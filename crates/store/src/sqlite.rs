@@ -25,7 +25,8 @@ use crate::{Account, ListFilter, NewEvent, OutboxEvent, Status, Store, StoreErro
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 /// Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id                TEXT PRIMARY KEY,
     integration       TEXT NOT NULL,
@@ -60,7 +61,10 @@ CREATE TABLE key_checks (
     key_id     TEXT PRIMARY KEY,
     sealed     TEXT NOT NULL
 ) STRICT;
-"#];
+"#,
+    // 2: consecutive failed refreshes, for backoff that survives restarts.
+    "ALTER TABLE accounts ADD COLUMN refresh_failures INTEGER NOT NULL DEFAULT 0;",
+];
 
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -162,7 +166,7 @@ fn backend(error: rusqlite::Error) -> StoreError {
 }
 
 const ACCOUNT_COLUMNS: &str = "id, integration, credentials, metadata, status, last_error, \
-     expires_at, next_refresh_at, last_refreshed_at, version, created_at, updated_at";
+     expires_at, next_refresh_at, last_refreshed_at, version, created_at, updated_at, refresh_failures";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Account, StoreError>> {
     let id: String = row.get(0)?;
@@ -200,6 +204,7 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Account, StoreErro
             version: row.get(9)?,
             created_at: row.get(10)?,
             updated_at: row.get(11)?,
+            refresh_failures: row.get(12)?,
             id,
         }),
     })
@@ -265,8 +270,9 @@ impl Store for SqliteStore {
             let inserted = tx
                 .execute(
                     "INSERT INTO accounts (id, integration, credentials, metadata, status, last_error, \
-                     expires_at, next_refresh_at, last_refreshed_at, version, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
+                     expires_at, next_refresh_at, last_refreshed_at, version, created_at, updated_at, \
+                     refresh_failures) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT (id) DO NOTHING",
                     params![
                         account.id,
                         account.integration,
@@ -280,6 +286,7 @@ impl Store for SqliteStore {
                         account.version,
                         account.created_at,
                         account.updated_at,
+                        account.refresh_failures,
                     ],
                 )
                 .map_err(backend)?;
@@ -303,7 +310,7 @@ impl Store for SqliteStore {
                 .execute(
                     "UPDATE accounts SET integration = ?2, credentials = ?3, metadata = ?4, status = ?5, \
                      last_error = ?6, expires_at = ?7, next_refresh_at = ?8, last_refreshed_at = ?9, \
-                     version = version + 1, updated_at = ?10 WHERE id = ?1 AND version = ?11",
+                     version = version + 1, updated_at = ?10, refresh_failures = ?12 WHERE id = ?1 AND version = ?11",
                     params![
                         account.id,
                         account.integration,
@@ -316,6 +323,7 @@ impl Store for SqliteStore {
                         account.last_refreshed_at,
                         account.updated_at,
                         expected,
+                        account.refresh_failures,
                     ],
                 )
                 .map_err(backend)?;

@@ -9,10 +9,14 @@
 
 mod http_client;
 mod process;
+mod redis_server;
+mod token_endpoint;
 mod vendor;
 
 pub use http_client::{http, Reply};
 pub use process::{credgate_binary, random_key, workspace_root, Credgate, Deployment};
+pub use redis_server::RedisServer;
+pub use token_endpoint::{FakeTokenEndpoint, Fault, TokenCall};
 pub use vendor::{Answer, FakeVendor, Recorded};
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.

@@ -25,6 +25,7 @@ fn account(ring: &Keyring, id: &str, integration: &str) -> Account {
         version: 0,
         created_at: 1_000,
         updated_at: 1_000,
+        refresh_failures: 0,
     }
 }
 
