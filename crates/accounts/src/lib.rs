@@ -14,12 +14,13 @@
 
 mod error;
 mod input;
+pub mod schedule;
 mod service;
 mod view;
 
 pub use error::AccountError;
 pub use input::{CreateAccount, PatchAccount};
-pub use service::{now_ms, Accounts, Page, RekeyReport};
+pub use service::{new_event, now_ms, Accounts, Page, RekeyReport};
 pub use view::AccountView;
 
 /// Webhook event kinds (DESIGN.md, "Webhooks").

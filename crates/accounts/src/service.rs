@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use credgate_config::{Integration, Integrations};
 use credgate_crypto::{Keyring, Sealed};
@@ -20,6 +20,8 @@ pub struct Accounts {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     integrations: Arc<Integrations>,
+    /// Proactive refresh window (DESIGN.md: 60 s to 180 s before expiry).
+    refresh_window: (Duration, Duration),
 }
 
 /// One page of a listing; `next` is the cursor for the following page.
@@ -51,7 +53,8 @@ fn event_id() -> String {
     format!("evt_{hex}")
 }
 
-pub(crate) fn new_event(kind: &str, account: &Account, reason: Option<&str>, now: i64) -> NewEvent {
+/// A webhook event for `account`, ready for the outbox.
+pub fn new_event(kind: &str, account: &Account, reason: Option<&str>, now: i64) -> NewEvent {
     let id = event_id();
     NewEvent {
         payload: json!({
@@ -110,7 +113,31 @@ impl Accounts {
             store,
             keyring,
             integrations,
+            refresh_window: (Duration::from_secs(60), Duration::from_secs(180)),
         })
+    }
+
+    /// Sets the proactive refresh window used when credentials are written.
+    pub fn with_refresh_window(mut self, min: Duration, max: Duration) -> Self {
+        self.refresh_window = (min, max);
+        self
+    }
+
+    /// Sets `next_refresh_at` for an account whose tokens were just written: a
+    /// jittered time before expiry, or now for a client-credentials account that
+    /// has no token yet. Non-OAuth accounts are never refreshed.
+    pub fn schedule_refresh(&self, account: &mut Account, integration: &Integration, now: i64) {
+        let format = integration.credentials.format;
+        account.next_refresh_at = if !format.is_oauth() {
+            None
+        } else if !account.credentials.contains_key("access_token") {
+            Some(now)
+        } else {
+            account.expires_at.map(|expires| {
+                let (min, max) = self.refresh_window;
+                crate::schedule::next_refresh_at(now, expires, min, max, &mut rand::thread_rng())
+            })
+        };
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -171,6 +198,7 @@ impl Accounts {
         let mut sealed = BTreeMap::new();
         self.seal_all(&account.id, &credentials, &mut sealed)?;
         account.credentials = sealed;
+        self.schedule_refresh(&mut account, integration, now);
         let event = new_event(events::CREATED, &account, None, now);
         let account = self.store.create(account, vec![event]).await?;
         Ok(self.view(&account))
@@ -234,10 +262,14 @@ impl Accounts {
             if credentials.expires_at.is_some() {
                 account.expires_at = credentials.expires_at;
             }
-            if !credentials.fields.is_empty() && account.status != Status::Active {
-                account.status = Status::Active;
+            if !credentials.fields.is_empty() {
+                if account.status != Status::Active {
+                    account.status = Status::Active;
+                    events.push(new_event(events::REACTIVATED, &account, Some("new credentials"), now));
+                }
                 account.last_error = None;
-                events.push(new_event(events::REACTIVATED, &account, Some("new credentials"), now));
+                account.refresh_failures = 0;
+                self.schedule_refresh(&mut account, &integration, now);
             }
         }
         account.updated_at = now;

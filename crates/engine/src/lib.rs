@@ -3,4 +3,27 @@
 //! webhooks from the outbox.
 #![forbid(unsafe_code)]
 
+pub mod coordination;
+mod http;
+pub mod refresh;
+pub mod scheduler;
 pub mod token;
+pub mod webhooks;
+
+pub use refresh::{Outcome, Reason, RefreshError, Refresher};
+
+/// Wall-clock time in unix milliseconds: what stored timestamps are compared with.
+/// A trait so that tests can move time without sleeping.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        credgate_accounts::now_ms()
+    }
+}

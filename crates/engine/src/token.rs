@@ -15,10 +15,6 @@ use credgate_config::{BodyFormat, ClientAuthMethod, ExpiresInUnit, Integration};
 use credgate_crypto::SecretString;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
@@ -79,51 +75,19 @@ pub enum TokenError {
 
 #[derive(Clone, Debug)]
 pub struct TokenClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: crate::http::HttpClient,
     timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TokenClientError {
-    #[error("cannot read extra CA file {path}: {reason}")]
-    CaFile { path: String, reason: String },
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
-}
+pub use crate::http::ClientError as TokenClientError;
 
 impl TokenClient {
     /// A client trusting webpki roots plus an optional extra CA file.
     pub fn new(timeout: Duration, extra_ca: Option<&Path>) -> Result<Self, TokenClientError> {
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = extra_ca {
-            let ca_error = |reason: String| TokenClientError::CaFile {
-                path: path.display().to_string(),
-                reason,
-            };
-            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| ca_error(e.to_string()))? {
-                roots.add(cert.map_err(|e| ca_error(e.to_string()))?)?;
-            }
-        }
-        let tls =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_connect_timeout(Some(timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(https);
-        Ok(Self { http, timeout })
+        Ok(Self {
+            http: crate::http::client(timeout, extra_ca)?,
+            timeout,
+        })
     }
 
     /// Asks the integration's token endpoint for a token.

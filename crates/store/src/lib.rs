@@ -64,6 +64,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Undelivered outbox events whose next attempt is due, oldest first.
     async fn outbox_due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
 
+    /// Claims an event for delivery until `lease_until_ms`, if its next attempt is
+    /// still `seen_next_attempt_ms` (no other replica claimed it meanwhile).
+    async fn outbox_claim(
+        &self,
+        event_id: &str,
+        seen_next_attempt_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<bool, StoreError>;
+
     async fn outbox_delivered(&self, event_id: &str, now_ms: i64) -> Result<(), StoreError>;
 
     async fn outbox_retry_at(&self, event_id: &str, attempts: u32, next_attempt_ms: i64) -> Result<(), StoreError>;

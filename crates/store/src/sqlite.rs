@@ -443,6 +443,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn outbox_claim(
+        &self,
+        event_id: &str,
+        seen_next_attempt_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let event_id = event_id.to_owned();
+        self.run(move |conn| {
+            let claimed = conn
+                .execute(
+                    "UPDATE outbox SET next_attempt_at = ?3 \
+                     WHERE id = ?1 AND next_attempt_at = ?2 AND delivered_at IS NULL",
+                    params![event_id, seen_next_attempt_ms, lease_until_ms],
+                )
+                .map_err(backend)?;
+            Ok(claimed == 1)
+        })
+        .await
+    }
+
     async fn outbox_delivered(&self, event_id: &str, now_ms: i64) -> Result<(), StoreError> {
         let event_id = event_id.to_owned();
         self.run(move |conn| {

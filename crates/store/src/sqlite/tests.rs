@@ -243,6 +243,8 @@ async fn outbox_retries_and_delivery() {
         )
         .await
         .unwrap();
+    assert!(store.outbox_claim("e1", 1_000, 3_000).await.unwrap());
+    assert!(!store.outbox_claim("e1", 1_000, 3_000).await.unwrap(), "claimed twice");
     store.outbox_retry_at("e1", 1, 5_000).await.unwrap();
     let due: Vec<_> = store
         .outbox_due(2_000, 10)

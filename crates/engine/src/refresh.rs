@@ -1,0 +1,486 @@
+//! One refresh per account at a time, in this process and across replicas.
+//!
+//! In-process, concurrent callers for one account share one task (a single
+//! flight). Across replicas, the task first takes the account's lock; a replica
+//! that loses waits for the winner's change notification (or polls the store),
+//! then reads the new token. Under the lock the account is read again: someone
+//! may have refreshed already. Every write is compare-and-set on the version, so a
+//! refresher whose lock expired cannot overwrite newer tokens (fencing).
+//!
+//! Failures are classified by what to do next: a dead grant (`invalid_grant` and
+//! friends) marks the account `needs_reauth` with an outbox webhook in the same
+//! transaction, after re-reading the store (another replica may have rotated the
+//! token we just spent); passing trouble (5xx, timeouts, 429) keeps it `active`,
+//! records `last_error`, and schedules a retry with exponential backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use credgate_accounts::{events, schedule, Accounts};
+use credgate_config::{CredentialFormat, Integration, OsEnv, RefreshConfig};
+use credgate_crypto::SecretString;
+use credgate_store::{Account, Status, StoreError};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
+use crate::coordination::Coordinator;
+use crate::token::{ClientAuth, Grant, TokenClient, TokenError, Tokens};
+use crate::Clock;
+
+/// Why a refresh is wanted; decides whether it is still needed once we hold the lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The scheduler found it due (`next_refresh_at` passed).
+    Due,
+    /// A request needs a token and the stored one expires within the skew.
+    Expiring,
+    /// The vendor refused a token we believed fresh (reactive 401), or an operator
+    /// asked: refresh unless someone already did since `seen_version`.
+    Forced { seen_version: i64 },
+}
+
+/// What a caller gets when it cannot have a fresh token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    #[error("the account needs to be reconnected")]
+    NeedsReauth,
+    #[error("the token cannot be refreshed right now; retry in {} s", retry_after.as_secs())]
+    Unavailable { retry_after: Duration },
+    #[error("account not found")]
+    NotFound,
+}
+
+pub type Outcome = Result<Arc<Account>, RefreshError>;
+
+/// An integration's client credentials, resolved once at start-up.
+#[derive(Clone, Debug)]
+struct IntegrationClient {
+    id: String,
+    /// Current secret first, then the one being rotated out.
+    secrets: Vec<SecretString>,
+}
+
+pub struct Refresher {
+    accounts: Accounts,
+    token: TokenClient,
+    coordinator: Arc<Coordinator>,
+    settings: RefreshConfig,
+    clock: Arc<dyn Clock>,
+    clients: HashMap<String, IntegrationClient>,
+    /// Refreshes in flight, by account id. A std mutex: held only to look up or
+    /// insert, never across an await.
+    inflight: Mutex<HashMap<String, Shared<BoxFuture<'static, Outcome>>>>,
+    /// Where refresh tasks run (the main runtime), whichever thread asks.
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Refresher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresher")
+            .field("coordinator", &self.coordinator)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("integration {integration}: client credentials: {reason}")]
+pub struct ClientSetupError {
+    integration: String,
+    reason: String,
+}
+
+impl Refresher {
+    /// Must be called inside the runtime that should run refresh tasks.
+    pub fn new(
+        accounts: Accounts,
+        token: TokenClient,
+        coordinator: Arc<Coordinator>,
+        settings: RefreshConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ClientSetupError> {
+        let mut clients = HashMap::new();
+        for (name, integration) in accounts.integrations() {
+            let Some(client) = &integration.credentials.client else {
+                continue;
+            };
+            let setup = |reason: String| ClientSetupError {
+                integration: name.clone(),
+                reason,
+            };
+            let id = client.id.resolve(&OsEnv).map_err(|e| setup(e.to_string()))?;
+            let mut secrets = Vec::new();
+            for secret in [&client.secret, &client.previous_secret].into_iter().flatten() {
+                let resolved = secret
+                    .resolve(&OsEnv, SecretString::default)
+                    .map_err(|e| setup(e.to_string()))?;
+                secrets.push(resolved.value);
+            }
+            clients.insert(name.clone(), IntegrationClient { id, secrets });
+        }
+        Ok(Self {
+            accounts,
+            token,
+            coordinator,
+            settings,
+            clock,
+            clients,
+            inflight: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    pub fn settings(&self) -> &RefreshConfig {
+        &self.settings
+    }
+
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    /// Whether a request may use this account's stored token as it is.
+    pub fn is_fresh(&self, account: &Account, integration: &Integration) -> bool {
+        if !integration.credentials.format.is_oauth() {
+            return true;
+        }
+        if !account.credentials.contains_key("access_token") {
+            return false;
+        }
+        let horizon = self.clock.now_ms() + self.settings.skew.as_millis() as i64;
+        account.expires_at.is_none_or(|expires| expires > horizon)
+    }
+
+    /// Refreshes the account (or joins the refresh in flight) and returns it as
+    /// stored afterwards.
+    pub async fn refresh(self: &Arc<Self>, id: &str, reason: Reason) -> Outcome {
+        let flight = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match inflight.get(id) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let this = Arc::clone(self);
+                    let key = id.to_owned();
+                    // A task, so the refresh completes even if every caller goes away.
+                    let task = self.runtime.spawn(async move {
+                        let outcome = this.run(&key, reason).await;
+                        this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                        outcome
+                    });
+                    let flight = async move {
+                        task.await.unwrap_or(Err(RefreshError::Unavailable {
+                            retry_after: Duration::from_secs(1),
+                        }))
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(id.to_owned(), flight.clone());
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+
+    fn needed(&self, reason: Reason, account: &Account) -> bool {
+        let now = self.clock.now_ms();
+        match reason {
+            Reason::Due => account.next_refresh_at.is_some_and(|at| at <= now),
+            Reason::Expiring => self
+                .accounts
+                .integrations()
+                .get(&account.integration)
+                .is_some_and(|integration| !self.is_fresh(account, integration)),
+            Reason::Forced { seen_version } => account.version == seen_version,
+        }
+    }
+
+    /// Outside the lock: decide, take the lock or wait for whoever holds it.
+    async fn run(&self, id: &str, reason: Reason) -> Outcome {
+        let give_up = tokio::time::Instant::now() + self.settings.lock_ttl * 2;
+        loop {
+            // Subscribe before reading, so a change in between is not missed.
+            let mut changes = self.coordinator.changes();
+            let account = self.load(id).await?;
+            if account.status != Status::Active {
+                return Err(RefreshError::NeedsReauth);
+            }
+            if !self.needed(reason, &account) {
+                return Ok(Arc::new(account));
+            }
+            if let Some(waiting) = self.backing_off(reason, &account) {
+                return waiting;
+            }
+            match self.coordinator.try_lock(id).await {
+                Ok(Some(lock)) => {
+                    let outcome = self.locked(id, reason).await;
+                    self.coordinator.unlock(lock).await;
+                    self.coordinator.announce(id).await;
+                    return outcome;
+                }
+                Ok(None) => {
+                    if tokio::time::Instant::now() >= give_up {
+                        return Err(RefreshError::Unavailable {
+                            retry_after: Duration::from_secs(1),
+                        });
+                    }
+                    // Another replica is refreshing: wake on its announcement, or
+                    // poll the store in case the notification is lost.
+                    let poll = Duration::from_millis(250);
+                    let _ = tokio::time::timeout(poll, async {
+                        while let Ok(changed) = changes.recv().await {
+                            if changed == id {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
+                Err(error) => {
+                    tracing::warn!(account.id = id, %error, "cannot take the refresh lock");
+                    return Err(RefreshError::Unavailable {
+                        retry_after: Duration::from_secs(5),
+                    });
+                }
+            }
+        }
+    }
+
+    /// While a failed account waits out its backoff, requests do not hit the
+    /// vendor again: they get the stored token while it is valid, 503 after.
+    fn backing_off(&self, reason: Reason, account: &Account) -> Option<Outcome> {
+        if matches!(reason, Reason::Forced { .. }) || account.refresh_failures == 0 {
+            return None;
+        }
+        let now = self.clock.now_ms();
+        let retry_at = account.next_refresh_at.filter(|at| *at > now)?;
+        let still_valid =
+            account.expires_at.is_some_and(|e| e > now) && account.credentials.contains_key("access_token");
+        Some(if still_valid && reason == Reason::Expiring {
+            Ok(Arc::new(account.clone()))
+        } else {
+            Err(RefreshError::Unavailable {
+                retry_after: Duration::from_millis((retry_at - now) as u64).max(Duration::from_secs(1)),
+            })
+        })
+    }
+
+    async fn load(&self, id: &str) -> Result<Account, RefreshError> {
+        match self.accounts.store().get(id).await {
+            Ok(Some(account)) => Ok(account),
+            Ok(None) => Err(RefreshError::NotFound),
+            Err(error) => {
+                tracing::error!(account.id = id, %error, "store read failed during refresh");
+                Err(RefreshError::Unavailable {
+                    retry_after: Duration::from_secs(5),
+                })
+            }
+        }
+    }
+
+    /// Under the lock: read again, call the vendor, write with compare-and-set.
+    async fn locked(&self, id: &str, reason: Reason) -> Outcome {
+        let account = self.load(id).await?;
+        if account.status != Status::Active {
+            return Err(RefreshError::NeedsReauth);
+        }
+        if !self.needed(reason, &account) {
+            return Ok(Arc::new(account));
+        }
+        let Some(integration) = self.accounts.integrations().get(&account.integration).cloned() else {
+            return Err(RefreshError::NotFound);
+        };
+        let started = self.clock.now_ms();
+        let result = self.call_vendor(&account, &integration, started).await;
+        match result {
+            Ok(tokens) => self.store_tokens(account, &integration, tokens).await,
+            Err(error) => self.store_failure(account, error).await,
+        }
+    }
+
+    async fn call_vendor(&self, account: &Account, integration: &Integration, now: i64) -> Result<Tokens, TokenError> {
+        let keyring = self.accounts.keyring();
+        let open = |field: &str| {
+            account
+                .credentials
+                .get(field)
+                .map(|sealed| keyring.open(&account.id, field, sealed))
+                .transpose()
+                .map_err(|error| {
+                    tracing::error!(account.id = %account.id, field, %error, "stored credential does not open");
+                    TokenError::Rejected {
+                        code: "undecryptable_credential".into(),
+                        status: 0,
+                    }
+                })
+        };
+        // Which clients to try: the account's own (client-credentials accounts may
+        // carry one), else the integration's, current secret first.
+        let mut clients: Vec<ClientAuth> = Vec::new();
+        if let (Some(id), secret) = (open("client_id")?, open("client_secret")?) {
+            clients.push(ClientAuth {
+                id: id.expose().to_owned(),
+                secret,
+            });
+        } else if let Some(client) = self.clients.get(&integration.name) {
+            if client.secrets.is_empty() {
+                clients.push(ClientAuth {
+                    id: client.id.clone(),
+                    secret: None,
+                });
+            }
+            for secret in &client.secrets {
+                clients.push(ClientAuth {
+                    id: client.id.clone(),
+                    secret: Some(secret.clone()),
+                });
+            }
+        }
+        if clients.is_empty() {
+            return Err(TokenError::Rejected {
+                code: "no_client_credentials".into(),
+                status: 0,
+            });
+        }
+        let refresh_token = match integration.credentials.format {
+            CredentialFormat::Oauth2 => match open("refresh_token")? {
+                Some(token) => Some(token),
+                None => {
+                    return Err(TokenError::Auth {
+                        code: "no_refresh_token".into(),
+                        status: 0,
+                    })
+                }
+            },
+            _ => None,
+        };
+        let mut last = None;
+        for client in &clients {
+            let grant = match &refresh_token {
+                Some(token) => Grant::RefreshToken(token),
+                None => Grant::ClientCredentials,
+            };
+            match self.token.request(integration, grant, client, now).await {
+                Err(TokenError::InvalidClient { status }) => {
+                    tracing::warn!(account.id = %account.id, integration = %integration.name, "client secret refused; trying the next one");
+                    last = Some(TokenError::InvalidClient { status });
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(TokenError::InvalidClient { status: 401 }))
+    }
+
+    async fn store_tokens(&self, mut account: Account, integration: &Integration, tokens: Tokens) -> Outcome {
+        let keyring = self.accounts.keyring();
+        let now = self.clock.now_ms();
+        let mut seal = |field: &str, value: &str| -> Result<(), RefreshError> {
+            let sealed = keyring.seal(&account.id, field, value.as_bytes()).map_err(|error| {
+                tracing::error!(account.id = %account.id, %error, "cannot seal a new token");
+                RefreshError::Unavailable {
+                    retry_after: Duration::from_secs(5),
+                }
+            })?;
+            account.credentials.insert(field.to_owned(), sealed);
+            Ok(())
+        };
+        seal("access_token", tokens.access_token.expose())?;
+        if let Some(refresh) = &tokens.refresh_token {
+            seal("refresh_token", refresh.expose())?;
+        }
+        if let Some(token_type) = &tokens.token_type {
+            seal("token_type", token_type)?;
+        }
+        if let Some(scope) = &tokens.scope {
+            seal("scope", scope)?;
+        }
+        account.expires_at = tokens.expires_at;
+        account.last_refreshed_at = Some(now);
+        account.last_error = None;
+        account.refresh_failures = 0;
+        account.updated_at = now;
+        self.accounts.schedule_refresh(&mut account, integration, now);
+        let id = account.id.clone();
+        match self.accounts.store().update(account, vec![]).await {
+            Ok(stored) => {
+                tracing::info!(account.id = %id, integration = %integration.name, "token refreshed");
+                Ok(Arc::new(stored))
+            }
+            Err(StoreError::VersionConflict { .. }) => {
+                // Fenced: someone wrote after we read (our lock must have expired).
+                // Their write wins; ours is dropped.
+                tracing::warn!(account.id = %id, "refresh result discarded: the account changed meanwhile");
+                self.load(&id).await.map(Arc::new)
+            }
+            Err(error) => {
+                tracing::error!(account.id = %id, %error, "cannot store refreshed tokens");
+                Err(RefreshError::Unavailable {
+                    retry_after: Duration::from_secs(5),
+                })
+            }
+        }
+    }
+
+    async fn store_failure(&self, account: Account, error: TokenError) -> Outcome {
+        let now = self.clock.now_ms();
+        let id = account.id.clone();
+        // invalid_client is deliberately *not* dead: it means our client secret is
+        // wrong, which would otherwise flip every account of the integration to
+        // needs_reauth. It is retried with backoff (and logged) until fixed.
+        let dead = matches!(error, TokenError::Auth { .. } | TokenError::Rejected { .. });
+        if dead {
+            // Another replica may have rotated the refresh token we just spent.
+            let current = self.load(&id).await?;
+            if current.version != account.version {
+                return if current.status == Status::Active {
+                    Ok(Arc::new(current))
+                } else {
+                    Err(RefreshError::NeedsReauth)
+                };
+            }
+            let mut broken = current;
+            broken.status = if matches!(error, TokenError::Rejected { .. }) {
+                Status::Error
+            } else {
+                Status::NeedsReauth
+            };
+            broken.last_error = Some(error.to_string());
+            broken.next_refresh_at = None;
+            broken.updated_at = now;
+            let event =
+                credgate_accounts::new_event(events::AUTHENTICATION_ERROR, &broken, Some(&error.to_string()), now);
+            tracing::warn!(account.id = %id, %error, "refresh failed for good; the account needs to be reconnected");
+            return match self.accounts.store().update(broken, vec![event]).await {
+                Ok(_) => Err(RefreshError::NeedsReauth),
+                Err(StoreError::VersionConflict { .. }) => self.load(&id).await.map(Arc::new),
+                Err(_) => Err(RefreshError::Unavailable {
+                    retry_after: Duration::from_secs(5),
+                }),
+            };
+        }
+        let failures = account.refresh_failures.saturating_add(1);
+        let delay = match &error {
+            TokenError::RateLimited {
+                retry_after: Some(after),
+            } => *after,
+            _ => schedule::backoff(
+                failures,
+                self.settings.backoff_base,
+                self.settings.backoff_max,
+                &mut rand::thread_rng(),
+            ),
+        };
+        tracing::warn!(account.id = %id, %error, failures, retry_in_ms = delay.as_millis() as u64, "refresh failed; will retry");
+        let mut waiting = account;
+        waiting.last_error = Some(error.to_string());
+        waiting.refresh_failures = failures;
+        waiting.next_refresh_at = Some(now + delay.as_millis() as i64);
+        waiting.updated_at = now;
+        let _ = self.accounts.store().update(waiting, vec![]).await;
+        Err(RefreshError::Unavailable {
+            retry_after: delay.max(Duration::from_secs(1)),
+        })
+    }
+}
