@@ -484,3 +484,6 @@ impl Refresher {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

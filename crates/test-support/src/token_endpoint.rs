@@ -37,6 +37,7 @@ pub struct TokenCall {
     pub params: HashMap<String, String>,
     pub authorization: Option<String>,
     pub content_type: Option<String>,
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +169,7 @@ async fn answer(request: Request<Incoming>, state: Arc<Mutex<State>>, arrived: A
             params: params.clone(),
             authorization,
             content_type,
+            at: std::time::Instant::now(),
         });
         state.faults.pop_front()
     };

@@ -1,0 +1,234 @@
+use credgate_accounts::{CreateAccount, PatchAccount};
+use credgate_config::Integrations;
+use credgate_crypto::{Key, KeyId, Keyring};
+use credgate_store::{SqliteStore, Store};
+use credgate_test_support::{FakeTokenEndpoint, Fault, RedisServer};
+use serde_json::json;
+
+use super::*;
+use crate::SystemClock;
+
+struct Fixture {
+    endpoint: FakeTokenEndpoint,
+    dir: tempfile::TempDir,
+    key: String,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let endpoint = FakeTokenEndpoint::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let integrations = dir.path().join("integrations");
+        std::fs::create_dir(&integrations).unwrap();
+        std::fs::write(
+            integrations.join("vendor.yaml"),
+            format!(
+                "name: vendor\nbase_urls: [ \"https://api.example.com\" ]\ncredentials:\n  format: oauth2\n  client: {{ id: cid }}\n  config:\n    auth: {{ tokenHost: \"{}\" }}\nauthorization: {{ format: bearer, config: {{ path: oauth.token.access_token }} }}\n",
+                endpoint.host()
+            ),
+        )
+        .unwrap();
+        Self {
+            endpoint,
+            dir,
+            key: Key::generate().to_base64().expose().to_owned(),
+        }
+    }
+
+    /// A replica: its own store connection, keyring and refresher.
+    async fn replica(&self, settings: RefreshConfig, redis: Option<&str>) -> Arc<Refresher> {
+        let integrations: Integrations =
+            credgate_config::load_integrations(&self.dir.path().join("integrations")).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&self.dir.path().join("db")).unwrap());
+        let id = KeyId::new("k1").unwrap();
+        let ring = Keyring::new(vec![(id.clone(), Key::from_base64(&id, &self.key).unwrap())]).unwrap();
+        let accounts = Accounts::unlock(store, Arc::new(ring), Arc::new(integrations))
+            .await
+            .unwrap();
+        let coordinator = match redis {
+            Some(url) => Coordinator::redis(url, settings.lock_ttl).await.unwrap(),
+            None => Coordinator::local(settings.lock_ttl),
+        };
+        let token = TokenClient::new(settings.token_timeout, None).unwrap();
+        Arc::new(Refresher::new(accounts, token, Arc::new(coordinator), settings, Arc::new(SystemClock)).unwrap())
+    }
+}
+
+fn fast() -> RefreshConfig {
+    RefreshConfig {
+        backoff_base: Duration::from_millis(40),
+        backoff_max: Duration::from_millis(400),
+        tick: Duration::from_millis(20),
+        lock_ttl: Duration::from_secs(3),
+        token_timeout: Duration::from_secs(2),
+        ..RefreshConfig::default()
+    }
+}
+
+async fn create(refresher: &Refresher, id: &str, expires_in: i64) {
+    let input: CreateAccount = serde_json::from_value(json!({
+        "id": id, "integration": "vendor",
+        "credentials": { "access_token": "at-0", "refresh_token": "rt-0", "expires_in": expires_in }
+    }))
+    .unwrap();
+    refresher.accounts().create(input).await.unwrap();
+}
+
+fn opened(refresher: &Refresher, account: &Account, field: &str) -> String {
+    refresher
+        .accounts()
+        .keyring()
+        .open(&account.id, field, &account.credentials[field])
+        .unwrap()
+        .expose()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_share_one_refresh_and_rotation_is_stored() {
+    let f = Fixture::new().await;
+    f.endpoint.seed("rt-0");
+    let refresher = f.replica(fast(), None).await;
+    create(&refresher, "acme", 0).await;
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let r = Arc::clone(&refresher);
+            tokio::spawn(async move { r.refresh("acme", Reason::Expiring).await })
+        })
+        .collect();
+    for call in calls {
+        let account = call.await.unwrap().unwrap();
+        assert_eq!(opened(&refresher, &account, "access_token"), "at-1");
+    }
+    assert_eq!(f.endpoint.count("refresh_token"), 1);
+    let stored = refresher.accounts().store().get("acme").await.unwrap().unwrap();
+    assert_eq!(opened(&refresher, &stored, "refresh_token"), "rt-1");
+    let (expires, next) = (stored.expires_at.unwrap(), stored.next_refresh_at.unwrap());
+    assert!((60_000..=180_000).contains(&(expires - next)), "{}", expires - next);
+    // Fresh now: nothing more to do.
+    refresher.refresh("acme", Reason::Expiring).await.unwrap();
+    assert_eq!(f.endpoint.count("refresh_token"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_grant_needs_reauth_once_and_new_credentials_reactivate() {
+    let f = Fixture::new().await;
+    // rt-0 is not seeded: the vendor answers invalid_grant.
+    let refresher = f.replica(fast(), None).await;
+    create(&refresher, "acme", 0).await;
+    for _ in 0..5 {
+        assert_eq!(
+            refresher.refresh("acme", Reason::Expiring).await.unwrap_err(),
+            RefreshError::NeedsReauth
+        );
+    }
+    assert_eq!(f.endpoint.count("refresh_token"), 1, "no retries after a dead grant");
+    let stored = refresher.accounts().store().get("acme").await.unwrap().unwrap();
+    assert_eq!(stored.status, Status::NeedsReauth);
+    assert!(stored.last_error.as_deref().unwrap().contains("invalid_grant"));
+    let kinds = || async {
+        refresher
+            .accounts()
+            .store()
+            .outbox_due(i64::MAX, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds().await, [events::CREATED, events::AUTHENTICATION_ERROR]);
+
+    f.endpoint.seed("rt-new");
+    let patch: PatchAccount = serde_json::from_value(json!({
+        "credentials": { "access_token": "at-new", "refresh_token": "rt-new", "expires_in": 0 }
+    }))
+    .unwrap();
+    refresher.accounts().patch("acme", patch).await.unwrap();
+    assert_eq!(
+        kinds().await,
+        [events::CREATED, events::AUTHENTICATION_ERROR, events::REACTIVATED]
+    );
+    let account = refresher.refresh("acme", Reason::Expiring).await.unwrap();
+    assert_eq!(account.status, Status::Active);
+    assert_eq!(f.endpoint.count("refresh_token"), 2);
+}
+
+/// A 503 storm: every retry waits longer, the account stays active with the
+/// error recorded, and the scheduler recovers it by itself once the vendor does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_storm_backs_off_stays_active_and_recovers() {
+    let f = Fixture::new().await;
+    f.endpoint.seed("rt-0");
+    f.endpoint.fail_next(std::iter::repeat_n(Fault::Status(503), 5));
+    let refresher = f.replica(fast(), None).await;
+    create(&refresher, "acme", 0).await;
+    let (tx, rx) = tokio::sync::watch::channel(());
+    let scheduler = tokio::spawn(crate::scheduler::run(Arc::clone(&refresher), Arc::new(SystemClock), rx));
+    let mut seen_failures = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut recovered = false;
+    while !recovered && tokio::time::Instant::now() < deadline {
+        let account = refresher.accounts().store().get("acme").await.unwrap().unwrap();
+        assert_eq!(
+            account.status,
+            Status::Active,
+            "a transient failure never changes the status"
+        );
+        if account.refresh_failures > 0 {
+            assert!(account.last_error.as_deref().unwrap().contains("503"));
+            seen_failures = seen_failures.max(account.refresh_failures);
+        }
+        recovered = account.last_refreshed_at.is_some();
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling interval, not synchronisation
+    }
+    let _ = tx.send(());
+    scheduler.await.unwrap();
+    assert!(recovered, "never recovered");
+    assert!(seen_failures >= 3, "saw {seen_failures} failures");
+    let calls = f.endpoint.calls();
+    assert_eq!(calls.len(), 6);
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].at - w[0].at).collect();
+    // Equal jitter keeps each delay in [half, full] of a doubling base, so the
+    // fourth gap (160-320 ms) is always longer than the first (20-40 ms + tick).
+    assert!(gaps[3] > gaps[0], "backoff did not grow: {gaps:?}");
+    let account = refresher.accounts().store().get("acme").await.unwrap().unwrap();
+    assert_eq!((account.refresh_failures, account.last_error.clone()), (0, None));
+}
+
+/// Two replicas (own store connections, own refreshers) and one Redis: racing
+/// refreshes of one account make exactly one token call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_refresh_through_the_redis_lock() {
+    let redis = RedisServer::start();
+    let f = Fixture::new().await;
+    f.endpoint.seed("rt-0");
+    let a = f.replica(fast(), Some(&redis.url())).await;
+    let b = f.replica(fast(), Some(&redis.url())).await;
+    create(&a, "acme", 0).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let r = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        calls.push(tokio::spawn(async move { r.refresh("acme", Reason::Expiring).await }));
+    }
+    for call in calls {
+        let account = call.await.unwrap().unwrap();
+        assert_eq!(opened(&a, &account, "access_token"), "at-1");
+    }
+    assert_eq!(f.endpoint.count("refresh_token"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_secret_falls_back_to_the_previous_one() {
+    let f = Fixture::new().await;
+    f.endpoint.seed("rt-0");
+    f.endpoint.fail_next([Fault::InvalidClient]);
+    let refresher = f.replica(fast(), None).await;
+    create(&refresher, "acme", 0).await;
+    // The integration has a client id and no secret: one client, refused once,
+    // then retried with backoff instead of breaking the account.
+    let error = refresher.refresh("acme", Reason::Expiring).await.unwrap_err();
+    assert!(matches!(error, RefreshError::Unavailable { .. }), "{error:?}");
+    let account = refresher.accounts().store().get("acme").await.unwrap().unwrap();
+    assert_eq!(account.status, Status::Active);
+}
