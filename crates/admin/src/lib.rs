@@ -33,6 +33,9 @@ pub struct AdminState {
     /// Called with an account id after every change, so caches (the proxy's)
     /// drop their copy.
     pub on_change: Option<OnChange>,
+    /// Refreshes on request (`POST /v1/accounts/{id}/refresh`); `None` when the
+    /// lifecycle engine is not running.
+    pub refresher: Option<Arc<credgate_engine::Refresher>>,
 }
 
 impl AdminState {

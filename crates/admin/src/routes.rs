@@ -47,6 +47,10 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Body>
             }
             Err(error) => response::account_error(&error),
         },
+        (["v1", "accounts", id, "refresh"], Method::POST) => {
+            let id = id.to_string();
+            refresh_account(state, &id).await
+        }
         (["v1", "integrations"], Method::GET) => {
             let list: Vec<Value> = state
                 .accounts
@@ -56,8 +60,69 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Body>
                 .collect();
             response::json(StatusCode::OK, &json!({ "integrations": list }))
         }
-        (["v1", "accounts"] | ["v1", "accounts", _] | ["v1", "integrations"], _) => response::method_not_allowed(),
+        (["v1", "accounts"] | ["v1", "accounts", _] | ["v1", "accounts", _, "refresh"] | ["v1", "integrations"], _) => {
+            response::method_not_allowed()
+        }
         _ => response::not_found(),
+    }
+}
+
+/// Forces a refresh now (through the same single flight and lock as any other).
+async fn refresh_account(state: &AdminState, id: &str) -> Response<Body> {
+    use credgate_engine::{Reason, RefreshError};
+    let account = match state.accounts.store().get(id).await {
+        Ok(Some(account)) => account,
+        Ok(None) => return response::account_error(&credgate_accounts::AccountError::NotFound(id.to_owned())),
+        Err(error) => return response::account_error(&error.into()),
+    };
+    let oauth = state
+        .accounts
+        .integrations()
+        .get(&account.integration)
+        .is_some_and(|i| i.credentials.format.is_oauth());
+    let Some(refresher) = state.refresher.as_ref().filter(|_| oauth) else {
+        return response::error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_refreshable",
+            "only OAuth accounts are refreshed",
+            None,
+        );
+    };
+    match refresher
+        .refresh(
+            id,
+            Reason::Forced {
+                seen_version: account.version,
+            },
+        )
+        .await
+    {
+        Ok(account) => {
+            state.changed(id);
+            response::json(StatusCode::OK, &state.accounts.view(&account))
+        }
+        Err(RefreshError::NotFound) => {
+            response::account_error(&credgate_accounts::AccountError::NotFound(id.to_owned()))
+        }
+        Err(RefreshError::NeedsReauth) => response::error(
+            StatusCode::CONFLICT,
+            "needs_reauth",
+            "the vendor refused the grant; the account must be reconnected",
+            None,
+        ),
+        Err(RefreshError::Unavailable { retry_after }) => {
+            let mut response = response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "refresh_unavailable",
+                format!("the token endpoint failed; retry in {} s", retry_after.as_secs().max(1)),
+                None,
+            );
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+            response
+        }
     }
 }
 

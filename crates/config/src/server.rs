@@ -65,6 +65,14 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Request bodies up to this size are kept so a request refused with 401 can
+    /// be retried once after a forced refresh; larger bodies stream unbuffered.
+    #[serde(default = "default_replay_buffer_bytes")]
+    pub replay_buffer_bytes: usize,
+}
+
+fn default_replay_buffer_bytes() -> usize {
+    64 * 1024
 }
 
 impl Default for ProxyConfig {
@@ -80,6 +88,7 @@ impl Default for ProxyConfig {
             threads: None,
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
+            replay_buffer_bytes: default_replay_buffer_bytes(),
         }
     }
 }

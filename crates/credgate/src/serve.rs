@@ -1,12 +1,17 @@
 //! `credgate serve`: unlock the store, start the listeners, wait for a signal, drain.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use credgate_accounts::Accounts;
 use credgate_admin::AdminState;
 use credgate_config::{Config, OsEnv, ServerConfig, StoreUrl};
+use credgate_engine::coordination::Coordinator;
+use credgate_engine::token::TokenClient;
+use credgate_engine::webhooks::{Endpoint, Webhooks};
+use credgate_engine::{Clock, Reason, RefreshError, Refresher, SystemClock};
 use credgate_listener::Limits;
-use credgate_proxy::{AccountCache, AppKeys, Proxy};
+use credgate_proxy::{AccountCache, AppKeys, Entry, Freshness, Proxy, ProxyError};
 use credgate_store::{SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -15,7 +20,10 @@ use crate::exit::{Code, Failure};
 use crate::secrets;
 
 pub async fn run(config: Config) -> Result<(), Failure> {
-    let accounts = unlock(&config).await?;
+    let refresh = &config.server.refresh;
+    let accounts = unlock(&config)
+        .await?
+        .with_refresh_window(refresh.window_min, refresh.window_max);
     let token = secrets::admin_token(&config.server, &OsEnv)?;
     if token.is_none() {
         tracing::warn!("the admin API has no token: anyone on this host can use it (allowed on loopback only)");
@@ -27,11 +35,36 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         Arc::clone(&integrations),
         CACHE_CAPACITY,
     ));
+
+    let coordinator = Arc::new(match &config.server.redis {
+        Some(redis) => Coordinator::redis(&redis.url, refresh.lock_ttl)
+            .await
+            .map_err(|e| Failure::new(Code::Failure, format!("redis.url: {e}")))?,
+        None => {
+            tracing::info!("no redis configured: refresh single flight is per process only");
+            Coordinator::local(refresh.lock_ttl)
+        }
+    });
+    let token_client = TokenClient::new(refresh.token_timeout, settings.extra_ca_file.as_deref())
+        .map_err(|e| Failure::new(Code::Config, format!("refresh: {e}")))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let refresher = Arc::new(Refresher::new(
+        accounts.clone(),
+        token_client,
+        Arc::clone(&coordinator),
+        refresh.clone(),
+        Arc::clone(&clock),
+    ));
+    let freshness: Arc<dyn Freshness> = Arc::new(EngineFreshness {
+        refresher: Arc::clone(&refresher),
+        cache: Arc::clone(&cache),
+    });
+
     let threads = settings
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
     let proxies = (0..threads)
-        .map(|_| proxy(&config, &accounts, &integrations, &cache))
+        .map(|_| proxy(&config, &accounts, &integrations, &cache, &freshness))
         .collect::<Result<Vec<_>, _>>()?;
     if !proxies[0].app_keys.required() {
         tracing::warn!("no proxy.app_keys: any local process can use every account (allowed on loopback only)");
@@ -40,11 +73,19 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     let proxy_listener = bind(settings.listen, "proxy").await?;
     let admin_listener = bind(config.server.admin.listen, "admin").await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(());
-    let invalidate = Arc::clone(&cache);
+    let on_change = {
+        let (cache, coordinator) = (Arc::clone(&cache), Arc::clone(&coordinator));
+        move |id: &str| {
+            cache.invalidate(id);
+            let (coordinator, id) = (Arc::clone(&coordinator), id.to_owned());
+            tokio::spawn(async move { coordinator.announce(&id).await });
+        }
+    };
     let state = Arc::new(AdminState {
-        accounts,
+        accounts: accounts.clone(),
         token,
-        on_change: Some(Arc::new(move |id: &str| invalidate.invalidate(id))),
+        on_change: Some(Arc::new(on_change)),
+        refresher: Some(Arc::clone(&refresher)),
     });
     let limits = Limits {
         max_connections: settings.max_connections,
@@ -57,12 +98,20 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         .map_err(|e| Failure::new(Code::Failure, format!("proxy listener: {e}")))?;
     let workers = credgate_proxy::serve_per_thread(proxy_listener, proxies, limits, shutdown_rx.clone())
         .map_err(|e| Failure::new(Code::Failure, format!("cannot start proxy workers: {e}")))?;
-    let admin_task = tokio::spawn(credgate_admin::serve(admin_listener, state, shutdown_rx));
+    let admin_task = tokio::spawn(credgate_admin::serve(admin_listener, state, shutdown_rx.clone()));
+    let scheduler = tokio::spawn(credgate_engine::scheduler::run(
+        Arc::clone(&refresher),
+        Arc::clone(&clock),
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(invalidate_on_change(Arc::clone(&coordinator), Arc::clone(&cache)));
+    let webhooks = Arc::new(webhooks(&config, &accounts, clock)?);
+    let webhook_task = tokio::spawn(webhooks.run(Duration::from_millis(500), shutdown_rx));
 
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = shutdown_tx.send(());
-    let _ = admin_task.await;
+    let _ = tokio::join!(admin_task, scheduler, webhook_task);
     let _ = tokio::task::spawn_blocking(move || {
         for worker in workers {
             let _ = worker.join();
@@ -71,6 +120,73 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Drops cached accounts that changed here or on another replica.
+async fn invalidate_on_change(coordinator: Arc<Coordinator>, cache: Arc<AccountCache>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut changes = coordinator.changes();
+    loop {
+        match changes.recv().await {
+            Ok(id) => cache.invalidate(&id),
+            // Missed some: forget everything rather than serve a stale token.
+            Err(RecvError::Lagged(_)) => cache.clear(),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+fn webhooks(config: &Config, accounts: &Accounts, clock: Arc<dyn Clock>) -> Result<Webhooks, Failure> {
+    let mut endpoints = Vec::new();
+    for (i, hook) in config.server.webhooks.iter().enumerate() {
+        let secret = hook
+            .secret
+            .resolve(&OsEnv, Default::default)
+            .map_err(|e| Failure::new(Code::Config, format!("webhooks[{i}].secret: {e}")))?;
+        endpoints.push(Endpoint::new(hook.url.clone(), &secret.value));
+    }
+    Webhooks::new(
+        Arc::clone(accounts.store()),
+        endpoints,
+        config.server.proxy.extra_ca_file.as_deref(),
+        clock,
+    )
+    .map_err(|e| Failure::new(Code::Config, format!("webhooks: {e}")))
+}
+
+/// The engine behind the proxy's freshness seam: refreshes through the single
+/// flight and puts the result in the cache.
+struct EngineFreshness {
+    refresher: Arc<Refresher>,
+    cache: Arc<AccountCache>,
+}
+
+impl Freshness for EngineFreshness {
+    fn is_fresh(&self, entry: &Entry) -> bool {
+        self.refresher.is_fresh(&entry.account, &entry.integration)
+    }
+
+    fn refresh(
+        &self,
+        entry: Arc<Entry>,
+        refused_version: Option<i64>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<Entry>, ProxyError>> + Send + 'static>> {
+        let (refresher, cache) = (Arc::clone(&self.refresher), Arc::clone(&self.cache));
+        Box::pin(async move {
+            let reason = match refused_version {
+                Some(seen_version) => Reason::Forced { seen_version },
+                None => Reason::Expiring,
+            };
+            match refresher.refresh(&entry.account.id, reason).await {
+                Ok(account) => cache.put((*account).clone()).ok_or(ProxyError::AccountNotFound),
+                Err(RefreshError::NeedsReauth) => Err(ProxyError::NeedsReauth),
+                Err(RefreshError::NotFound) => Err(ProxyError::AccountNotFound),
+                Err(RefreshError::Unavailable { retry_after }) => Err(ProxyError::RefreshUnavailable {
+                    retry_after_secs: retry_after.as_secs().max(1),
+                }),
+            }
+        })
+    }
 }
 
 /// Accounts the proxy keeps in memory at most (each entry is the sealed account).
@@ -82,6 +198,7 @@ fn proxy(
     accounts: &Accounts,
     integrations: &Arc<credgate_config::Integrations>,
     cache: &Arc<AccountCache>,
+    freshness: &Arc<dyn Freshness>,
 ) -> Result<Proxy, Failure> {
     let settings = &config.server.proxy;
     let app_keys =
@@ -97,7 +214,8 @@ fn proxy(
         passthrough: settings.passthrough,
         allow_private_upstreams: settings.allow_private_upstreams,
         upstream_timeout: settings.upstream_timeout,
-        freshen: None,
+        freshness: Some(Arc::clone(freshness)),
+        replay_limit: settings.replay_buffer_bytes,
     })
 }
 

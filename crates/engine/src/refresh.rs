@@ -82,13 +82,6 @@ impl std::fmt::Debug for Refresher {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("integration {integration}: client credentials: {reason}")]
-pub struct ClientSetupError {
-    integration: String,
-    reason: String,
-}
-
 impl Refresher {
     /// Must be called inside the runtime that should run refresh tasks.
     pub fn new(
@@ -97,27 +90,35 @@ impl Refresher {
         coordinator: Arc<Coordinator>,
         settings: RefreshConfig,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, ClientSetupError> {
+    ) -> Self {
         let mut clients = HashMap::new();
         for (name, integration) in accounts.integrations() {
             let Some(client) = &integration.credentials.client else {
                 continue;
             };
-            let setup = |reason: String| ClientSetupError {
-                integration: name.clone(),
-                reason,
-            };
-            let id = client.id.resolve(&OsEnv).map_err(|e| setup(e.to_string()))?;
-            let mut secrets = Vec::new();
-            for secret in [&client.secret, &client.previous_secret].into_iter().flatten() {
-                let resolved = secret
-                    .resolve(&OsEnv, SecretString::default)
-                    .map_err(|e| setup(e.to_string()))?;
-                secrets.push(resolved.value);
+            // An integration whose client credentials are not set up (yet) still
+            // proxies with stored tokens; its refreshes wait, retrying with backoff,
+            // until it is configured. Start-up does not fail for it.
+            let resolved = (|| {
+                let id = client.id.resolve(&OsEnv)?;
+                let mut secrets = Vec::new();
+                for secret in [&client.secret, &client.previous_secret].into_iter().flatten() {
+                    secrets.push(secret.resolve(&OsEnv, SecretString::default)?.value);
+                }
+                Ok::<_, credgate_config::SecretError>(IntegrationClient { id, secrets })
+            })();
+            match resolved {
+                Ok(client) => {
+                    clients.insert(name.clone(), client);
+                }
+                Err(error) => tracing::warn!(
+                    integration = %name,
+                    %error,
+                    "OAuth client credentials not configured; refreshes for this integration will wait"
+                ),
             }
-            clients.insert(name.clone(), IntegrationClient { id, secrets });
         }
-        Ok(Self {
+        Self {
             accounts,
             token,
             coordinator,
@@ -126,7 +127,7 @@ impl Refresher {
             clients,
             inflight: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
-        })
+        }
     }
 
     pub fn accounts(&self) -> &Accounts {
@@ -339,10 +340,10 @@ impl Refresher {
             }
         }
         if clients.is_empty() {
-            return Err(TokenError::Rejected {
-                code: "no_client_credentials".into(),
-                status: 0,
-            });
+            return Err(TokenError::Transient(format!(
+                "client credentials for integration {} are not configured",
+                integration.name
+            )));
         }
         let refresh_token = match integration.credentials.format {
             CredentialFormat::Oauth2 => match open("refresh_token")? {

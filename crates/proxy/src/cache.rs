@@ -80,10 +80,36 @@ impl AccountCache {
         Ok(Some(entry))
     }
 
+    /// Caches a copy of an account known to be current (e.g. just refreshed),
+    /// unless a newer version is cached already. Returns the entry to use.
+    pub fn put(&self, account: Account) -> Option<Arc<Entry>> {
+        let integration = self.integrations.get(&account.integration).cloned()?;
+        let entry = Arc::new(Entry {
+            origins: origins(&integration, &account.metadata),
+            account,
+            integration,
+        });
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        match entries.get(&entry.account.id) {
+            Some(cached) if cached.account.version >= entry.account.version => Some(Arc::clone(cached)),
+            _ => {
+                entries.insert(entry.account.id.clone(), Arc::clone(&entry));
+                Some(entry)
+            }
+        }
+    }
+
     pub fn invalidate(&self, id: &str) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
         entries.remove(id);
+    }
+
+    /// Drops every entry (after missing change notifications).
+    pub fn clear(&self) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
     }
 
     pub fn len(&self) -> usize {

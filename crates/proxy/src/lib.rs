@@ -40,11 +40,21 @@ pub use upstream::UpstreamClient;
 /// Responses are the vendor's body streamed through, or our own small JSON body.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// Makes an account's credential fresh before use. The lifecycle engine provides
-/// one that joins the single-flight refresh; without it the stored token is used
-/// as it is.
-pub type Freshen =
-    Arc<dyn Fn(Arc<Entry>) -> Pin<Box<dyn Future<Output = Result<Arc<Entry>, ProxyError>> + Send>> + Send + Sync>;
+/// Keeps OAuth credentials fresh: the seam where the lifecycle engine plugs in.
+/// Without one, the stored token is used as it is.
+pub trait Freshness: Send + Sync {
+    /// Whether the entry's token may be used as it is. On every request: cheap.
+    fn is_fresh(&self, entry: &Entry) -> bool;
+
+    /// Refreshes the account (joining a refresh already in flight) and returns
+    /// the fresh entry. `refused_version` is set after the vendor answered 401 to
+    /// the token of that account version: refresh unless someone already did.
+    fn refresh(
+        &self,
+        entry: Arc<Entry>,
+        refused_version: Option<i64>,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<Entry>, ProxyError>> + Send + 'static>>;
+}
 
 /// The header naming the account, for clients that can set headers.
 pub const ACCOUNT_HEADER: &str = "credgate-account";
@@ -61,7 +71,10 @@ pub struct Proxy {
     pub passthrough: bool,
     pub allow_private_upstreams: bool,
     pub upstream_timeout: Duration,
-    pub freshen: Option<Freshen>,
+    pub freshness: Option<Arc<dyn Freshness>>,
+    /// Request bodies up to this size are buffered so that a request refused with
+    /// 401 can be replayed once after a forced refresh; larger ones stream.
+    pub replay_limit: usize,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -131,7 +144,7 @@ impl Proxy {
             ))?;
         let Some(account_id) = caller.account else {
             if self.passthrough {
-                return self.send(request, &target, None, None).await;
+                return self.send(request, &target, None).await;
             }
             return Err(ProxyError::ProxyAuthRequired(
                 "name an account: the credgate-account header or the proxy user name",
@@ -154,48 +167,47 @@ impl Proxy {
             Status::NeedsReauth => return Err(ProxyError::NeedsReauth),
             Status::Error => return Err(ProxyError::RefreshUnavailable { retry_after_secs: 60 }),
         }
-        let origin = target.find_origin(&entry.origins).ok_or_else(|| {
+        let origin = target.find_origin(&entry.origins).cloned().ok_or_else(|| {
             ProxyError::HostNotAllowed(format!(
                 "{} is not a base URL of integration {}",
                 target.host, entry.integration.name
             ))
         })?;
-        let entry = match &self.freshen {
-            Some(freshen) => freshen(entry.clone()).await?,
-            None => entry.clone(),
-        };
-        let injection = inject::render(&entry.account, &entry.integration, &self.keyring)?;
-        self.send(request, &target, Some((origin, injection)), Some(&entry))
-            .await
+        let mut entry = entry;
+        if let Some(freshness) = &self.freshness {
+            if !freshness.is_fresh(&entry) {
+                entry = freshness.refresh(entry, None).await?;
+            }
+        }
+        self.send(request, &target, Some((origin, entry))).await
     }
 
-    /// Sends the request upstream with the injection applied and returns the
-    /// vendor's response with hop-by-hop headers removed and rate limits normalized.
+    /// Sends the request upstream with the account's credential (if any) and
+    /// returns the vendor's response with hop-by-hop headers removed and rate
+    /// limits normalized. A 401 to a credential we believed fresh forces one
+    /// refresh and, when the body could be kept, one retry.
     async fn send(
         &self,
         request: Request<Incoming>,
         target: &Target,
-        credential: Option<(&target::Origin, Injection)>,
-        entry: Option<&Entry>,
+        credential: Option<(target::Origin, Arc<Entry>)>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut parts, body) = request.into_parts();
-        let passthrough_origin;
-        let (origin, injection) = match credential {
-            Some((origin, injection)) => (origin, Some(injection)),
+        let (parts, body) = request.into_parts();
+        let origin = match &credential {
+            Some((origin, _)) => origin.clone(),
             None => {
                 let default_port = if target.scheme == http::uri::Scheme::HTTPS {
                     443
                 } else {
                     80
                 };
-                passthrough_origin = target::Origin::new(
+                target::Origin::new(
                     target.scheme.clone(),
                     target.host.clone(),
                     target.port.unwrap_or(default_port),
                     String::new(),
                 )
-                .ok_or_else(|| ProxyError::BadRequest("the request host is not valid".into()))?;
-                (&passthrough_origin, None)
+                .ok_or_else(|| ProxyError::BadRequest("the request host is not valid".into()))?
             }
         };
         if !self.allow_private_upstreams {
@@ -205,25 +217,72 @@ impl Proxy {
                 )));
             }
         }
+        let mut headers = parts.headers;
+        headers::strip_hop_by_hop(&mut headers);
+        headers::strip_credgate(&mut headers);
+        headers.remove(header::HOST);
+        let Some((_, mut entry)) = credential else {
+            let body = Either::Left(body);
+            let response = self
+                .dispatch(&parts.method, target, &origin, &headers, None, body)
+                .await?;
+            return Ok(finish(response, None));
+        };
+        // The app's own credential never reaches the vendor.
+        headers.remove(header::AUTHORIZATION);
+        let (body, replay) = RequestBody::read(body, &headers, self.replay_limit).await?;
+        let injection = inject::render(&entry.account, &entry.integration, &self.keyring)?;
+        let mut response = self
+            .dispatch(&parts.method, target, &origin, &headers, Some(injection), body)
+            .await?;
+        if response.status() == http::StatusCode::UNAUTHORIZED {
+            if let Some(freshness) = &self.freshness {
+                let refused = entry.account.version;
+                match freshness.refresh(Arc::clone(&entry), Some(refused)).await {
+                    Ok(fresh) if fresh.account.version != refused => {
+                        entry = fresh;
+                        if let Some(replay) = replay {
+                            tracing::info!(account.id = %entry.account.id, "vendor refused the token; refreshed and retrying once");
+                            let injection = inject::render(&entry.account, &entry.integration, &self.keyring)?;
+                            let body = Either::Right(Full::new(replay));
+                            response = self
+                                .dispatch(&parts.method, target, &origin, &headers, Some(injection), body)
+                                .await?;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(account.id = %entry.account.id, %error, "forced refresh after a 401 failed")
+                    }
+                }
+            }
+        }
+        Ok(finish(response, Some(&entry)))
+    }
+
+    async fn dispatch(
+        &self,
+        method: &Method,
+        target: &Target,
+        origin: &target::Origin,
+        headers: &HeaderMap,
+        injection: Option<Injection>,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let query = match &injection {
             Some(Injection::Query(pair)) => Some(pair.as_str()),
             _ => None,
         };
-        parts.uri = target.upstream_uri(origin, query)?;
-        parts.version = Version::HTTP_11;
-        headers::strip_hop_by_hop(&mut parts.headers);
-        headers::strip_credgate(&mut parts.headers);
-        parts.headers.remove(header::HOST);
-        if injection.is_some() {
-            // The app's own credential never reaches the vendor.
-            parts.headers.remove(header::AUTHORIZATION);
-        }
+        let mut request = Request::new(body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = target.upstream_uri(origin, query)?;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers.clone();
         if let Some(Injection::Header(name, value)) = injection {
-            parts.headers.insert(name, value);
+            request.headers_mut().insert(name, value);
         }
-        let request = Request::from_parts(parts, body);
-        let response = match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(self.upstream_timeout.as_secs())),
+        match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.upstream_timeout.as_secs())),
             Ok(Err(error)) => {
                 if upstream::refused_by_policy(&error) {
                     return Err(ProxyError::HostNotAllowed(format!(
@@ -231,15 +290,50 @@ impl Proxy {
                         origin.host
                     )));
                 }
-                return Err(ProxyError::UpstreamUnreachable(error_chain(&error)));
+                Err(ProxyError::UpstreamUnreachable(error_chain(&error)))
             }
-            Ok(Ok(response)) => response,
-        };
-        let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let mapping = entry.and_then(|e| e.integration.rate_limit.as_ref());
-        ratelimit::normalize(&mut parts.headers, mapping, parts.status, SystemTime::now());
-        Ok(Response::from_parts(parts, Either::Left(body)))
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// The vendor's response as the caller gets it.
+fn finish(response: Response<Incoming>, entry: Option<&Entry>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let mapping = entry.and_then(|e| e.integration.rate_limit.as_ref());
+    ratelimit::normalize(&mut parts.headers, mapping, parts.status, SystemTime::now());
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// A request body, kept in memory when small enough to replay.
+struct RequestBody;
+
+impl RequestBody {
+    /// Returns the body to send first and, when it was small enough to keep, a
+    /// copy to replay. Bodies without a declared length, or larger than `limit`,
+    /// stream through and cannot be replayed.
+    async fn read(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<(ProxyBody, Option<Bytes>), ProxyError> {
+        use http_body_util::BodyExt;
+        use hyper::body::Body;
+        if body.is_end_stream() {
+            return Ok((Either::Right(Full::new(Bytes::new())), Some(Bytes::new())));
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        match declared {
+            Some(length) if length <= limit => {
+                let bytes = http_body_util::Limited::new(body, limit)
+                    .collect()
+                    .await
+                    .map_err(|_| ProxyError::BadRequest("the request body could not be read".into()))?
+                    .to_bytes();
+                Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
+            }
+            _ => Ok((Either::Left(body), None)),
+        }
     }
 }
 

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Incoming>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, crate::ProxyBody>;
 
 /// A name resolved only to addresses the policy refuses.
 #[derive(Debug, thiserror::Error)]

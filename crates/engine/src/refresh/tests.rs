@@ -50,7 +50,13 @@ impl Fixture {
             None => Coordinator::local(settings.lock_ttl),
         };
         let token = TokenClient::new(settings.token_timeout, None).unwrap();
-        Arc::new(Refresher::new(accounts, token, Arc::new(coordinator), settings, Arc::new(SystemClock)).unwrap())
+        Arc::new(Refresher::new(
+            accounts,
+            token,
+            Arc::new(coordinator),
+            settings,
+            Arc::new(SystemClock),
+        ))
     }
 }
 
