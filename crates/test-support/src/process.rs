@@ -65,8 +65,16 @@ impl Deployment {
     /// A deployment with its own integrations (`(name, yaml)`) and extra settings
     /// merged into the `proxy:` block (e.g. `allow_private_upstreams: true`).
     pub fn with_integrations(integrations: &[(&str, String)], proxy_settings: &str) -> Self {
+        Self::with_config(integrations, proxy_settings, "")
+    }
+
+    /// Like [`Deployment::with_integrations`], plus top-level YAML appended to
+    /// credgate.yaml (`redis:`, `refresh:`, `webhooks:` …).
+    pub fn with_config(integrations: &[(&str, String)], proxy_settings: &str, extra: &str) -> Self {
         let files: Vec<(String, String)> = integrations.iter().map(|(n, y)| (n.to_string(), y.clone())).collect();
+        let extra = extra.to_owned();
         Self::write(PathBuf::from("integrations"), proxy_settings, move |dir| {
+            std::fs::write(dir.join("extra.yaml"), extra).unwrap();
             let folder = dir.join("integrations");
             std::fs::create_dir_all(&folder).unwrap();
             for (name, yaml) in &files {
@@ -87,7 +95,8 @@ impl Deployment {
              integrations_dir: {}\n",
             integrations.display()
         );
-        std::fs::write(dir.path().join("credgate.yaml"), config).unwrap();
+        let extra = std::fs::read_to_string(dir.path().join("extra.yaml")).unwrap_or_default();
+        std::fs::write(dir.path().join("credgate.yaml"), config + &extra).unwrap();
         Self {
             dir,
             key: random_key(),

@@ -22,6 +22,9 @@ pub struct Recorded {
     pub uri: String,
     pub headers: HeaderMap,
     pub body_len: u64,
+    /// The first 64 KiB of the body.
+    pub body: Vec<u8>,
+    pub at: std::time::Instant,
 }
 
 /// What the vendor answers.
@@ -175,9 +178,12 @@ async fn respond(
 ) -> Response<BoxBody<Bytes, Infallible>> {
     let (parts, mut body) = request.into_parts();
     let mut body_len = 0u64;
+    let mut kept = Vec::new();
     while let Some(Ok(frame)) = body.frame().await {
         if let Some(data) = frame.data_ref() {
             body_len += data.len() as u64;
+            let room = (64 * 1024usize).saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..data.len().min(room)]);
         }
     }
     seen.lock().unwrap().push(Recorded {
@@ -185,6 +191,8 @@ async fn respond(
         uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts.headers,
         body_len,
+        body: kept,
+        at: std::time::Instant::now(),
     });
     let answer = told.lock().unwrap().clone();
     match answer {
