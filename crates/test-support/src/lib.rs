@@ -8,12 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_client;
+mod oidc;
 mod process;
 mod redis_server;
 mod token_endpoint;
 mod vendor;
 
 pub use http_client::{http, Reply};
+pub use oidc::{login, OidcProvider};
 pub use process::{credgate_binary, random_key, workspace_root, Credgate, Deployment};
 pub use redis_server::RedisServer;
 pub use token_endpoint::{FakeTokenEndpoint, Fault, TokenCall};
