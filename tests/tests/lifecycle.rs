@@ -23,8 +23,21 @@ struct Lifecycle {
     _redis: RedisServer,
 }
 
-/// `refresh` is extra YAML for the `refresh:` block.
-async fn lifecycle(refresh: &str) -> Lifecycle {
+/// `overrides` replace the test defaults of the `refresh:` block.
+async fn lifecycle(overrides: &[(&str, &str)]) -> Lifecycle {
+    let mut settings = vec![
+        ("lock_ttl", "3s"),
+        ("token_timeout", "2s"),
+        ("backoff_base", "200ms"),
+        ("backoff_max", "2s"),
+        ("tick", "100ms"),
+    ];
+    for (key, value) in overrides {
+        settings.retain(|(k, _)| k != key);
+        settings.push((key, value));
+    }
+    let refresh: Vec<String> = settings.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let refresh = refresh.join(", ");
     let vendor = FakeVendor::http().await;
     let endpoint = FakeTokenEndpoint::start().await;
     let receiver = FakeVendor::http().await;
@@ -35,7 +48,7 @@ async fn lifecycle(refresh: &str) -> Lifecycle {
         endpoint.host()
     );
     let extra = format!(
-        "redis: {{ url: \"{}\" }}\nrefresh: {{ lock_ttl: 3s, token_timeout: 2s, backoff_base: 200ms, backoff_max: 2s, tick: 100ms{refresh} }}\nwebhooks: [ {{ url: \"{}/hooks\", secret: {{ from_env: TEST_WEBHOOK_SECRET }} }} ]\n",
+        "redis: {{ url: \"{}\" }}\nrefresh: {{ {refresh} }}\nwebhooks: [ {{ url: \"{}/hooks\", secret: {{ from_env: TEST_WEBHOOK_SECRET }} }} ]\n",
         redis.url(),
         receiver.url()
     );
@@ -137,7 +150,7 @@ fn client() -> HyperClient {
 /// token: exactly one refresh, and every request reaches the vendor with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_refresh_an_expired_token_exactly_once() {
-    let l = lifecycle("").await;
+    let l = lifecycle(&[]).await;
     l.endpoint.seed("rt-0");
     let replicas = [l.start(), l.start(), l.start()];
     l.create(&replicas[0], "acme", "rt-0", 0).await;
@@ -166,7 +179,7 @@ async fn three_replicas_refresh_an_expired_token_exactly_once() {
 /// replica completes the refresh; nobody declares needs_reauth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_lock_holder_mid_refresh_is_survived() {
-    let l = lifecycle("").await;
+    let l = lifecycle(&[]).await;
     l.endpoint.seed("rt-0");
     l.endpoint.fail_next([Fault::Hang]);
     let a = l.start();
@@ -203,7 +216,7 @@ async fn kill_9_of_the_lock_holder_mid_refresh_is_survived() {
 /// calls; new credentials: active again with one `reactivated` webhook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_grant_then_reconnect() {
-    let l = lifecycle("").await;
+    let l = lifecycle(&[]).await;
     let replicas = [l.start(), l.start()];
     l.create(&replicas[0], "acme", "rt-revoked", 0).await;
     let client = client();
@@ -283,7 +296,7 @@ async fn invalid_grant_then_reconnect() {
 /// A receiver that is down gets every event once it is back, signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_survive_a_receiver_outage() {
-    let l = lifecycle("").await;
+    let l = lifecycle(&[]).await;
     l.receiver.answer(Answer::Fixed {
         status: StatusCode::SERVICE_UNAVAILABLE,
         headers: vec![],
@@ -319,7 +332,7 @@ async fn webhooks_survive_a_receiver_outage() {
 /// request ever reaches the vendor with an expired token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proactive_refresh_keeps_short_lived_tokens_fresh() {
-    let l = lifecycle(", skew: 0s").await;
+    let l = lifecycle(&[("skew", "0s")]).await;
     l.endpoint.seed("rt-0");
     l.endpoint.set_expires_in(Some(json!(4)));
     let server = l.start();
@@ -350,4 +363,105 @@ async fn proactive_refresh_keeps_short_lived_tokens_fresh() {
             "at-{token} used after it expired"
         );
     }
+}
+
+/// The vendor refuses a token credgate believed fresh: one forced refresh, and the
+/// request (its small body kept) is replayed once with the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_401_forces_one_refresh_and_one_replay() {
+    let l = lifecycle(&[]).await;
+    l.endpoint.seed("rt-0");
+    let server = l.start();
+    l.create(&server, "acme", "rt-0", 3600).await;
+    l.vendor.answer_once(Answer::Fixed {
+        status: StatusCode::UNAUTHORIZED,
+        headers: vec![],
+        body: "{\"error\":\"expired\"}".into(),
+    });
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &server.proxy_url(),
+            "-H",
+            "credgate-account: acme",
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data",
+            "{\"name\":\"widget\"}",
+        ])
+        .arg(format!("{}/v1/items", l.vendor.url()))
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200");
+    let seen = l.vendor.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].headers["authorization"], "Bearer at-0");
+    assert_eq!(seen[1].headers["authorization"], "Bearer at-1");
+    assert_eq!(seen[1].body, b"{\"name\":\"widget\"}");
+    assert_eq!(l.endpoint.count("refresh_token"), 1);
+
+    // A 401 to the token just refreshed is the vendor's answer: passed through.
+    l.vendor.answer(Answer::Fixed {
+        status: StatusCode::UNAUTHORIZED,
+        headers: vec![],
+        body: "{}".into(),
+    });
+    let client = client();
+    let (status, _) = proxied(&client, &server.proxy_url(), l.vendor.port(), "acme").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        l.endpoint.count("refresh_token") <= 2,
+        "at most one more forced refresh"
+    );
+}
+
+/// The token has expired and the token endpoint is down: 503 with Retry-After,
+/// and requests do not hammer the endpoint while it backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_while_the_vendor_is_down_is_503_with_retry_after() {
+    let l = lifecycle(&[("backoff_base", "5s"), ("backoff_max", "60s")]).await;
+    l.endpoint.seed("rt-0");
+    l.endpoint.fail_next(std::iter::repeat_n(Fault::Status(503), 50));
+    let server = l.start();
+    l.create(&server, "acme", "rt-0", 0).await;
+    let output = std::process::Command::new("curl")
+        .args(["-s", "-i", "-x", &server.proxy_url(), "-H", "credgate-account: acme"])
+        .arg(format!("{}/v1/items", l.vendor.url()))
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(out.starts_with("http/1.1 503"), "{out}");
+    assert!(out.contains("credgate-error: refresh_unavailable"), "{out}");
+    let retry_after: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{out}");
+    let calls = l.endpoint.count("refresh_token");
+    let client = client();
+    for _ in 0..20 {
+        let (status, _) = proxied(&client, &server.proxy_url(), l.vendor.port(), "acme").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        l.endpoint.count("refresh_token"),
+        calls,
+        "requests during backoff reached the token endpoint"
+    );
+    assert!(l.vendor.requests().is_empty());
+    assert_eq!(l.account(&server, "acme").await["status"], "active");
 }

@@ -277,11 +277,12 @@ impl Accounts {
         Ok(self.view(&account))
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), AccountError> {
+    /// Deletes the account and returns it as it was (for token revocation).
+    pub async fn delete(&self, id: &str) -> Result<Account, AccountError> {
         let account = self.load(id).await?;
         let event = new_event(events::DELETED, &account, None, now_ms());
         self.store.delete(id, account.version, vec![event]).await?;
-        Ok(())
+        Ok(account)
     }
 
     pub fn view(&self, account: &Account) -> AccountView {

@@ -41,8 +41,12 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Body>
             patch_account(state, &id, request).await
         }
         (["v1", "accounts", id], Method::DELETE) => match state.accounts.delete(id).await {
-            Ok(()) => {
+            Ok(account) => {
                 state.changed(id);
+                if let Some(refresher) = state.refresher.clone() {
+                    // Revoke in the background: the account is gone either way.
+                    tokio::spawn(async move { refresher.revoke(&account).await });
+                }
                 response::no_content()
             }
             Err(error) => response::account_error(&error),

@@ -153,7 +153,7 @@ pub(crate) fn parse_str<T: DeserializeOwned>(path: &Path, text: &str) -> Result<
             line,
             column,
             field: String::new(),
-            message: "invalid YAML".to_owned(),
+            message: format!("invalid YAML: {error}"),
         }
     })?;
     let value = if value.is_null() {

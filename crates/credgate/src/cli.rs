@@ -130,7 +130,15 @@ pub enum AccountsCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// Delete an account.
+    /// Refresh an OAuth account's token now.
+    Refresh {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Delete an account (and revoke its tokens where the integration can).
     Rm {
         #[command(flatten)]
         admin: AdminArgs,

@@ -245,6 +245,13 @@ async fn accounts(command: AccountsCommand) -> Result {
             print_account(&view, output.json);
             Ok(())
         }
+        AccountsCommand::Refresh { admin, id, output } => {
+            let client = admin_client(&admin)?;
+            let path = format!("/v1/accounts/{}/refresh", path_segment(&id)?);
+            let view = client.call(Method::POST, &path, None).await?;
+            print_account(&view, output.json);
+            Ok(())
+        }
         AccountsCommand::Rm { admin, id } => {
             let client = admin_client(&admin)?;
             client

@@ -301,26 +301,28 @@ impl Refresher {
         }
     }
 
-    async fn call_vendor(&self, account: &Account, integration: &Integration, now: i64) -> Result<Tokens, TokenError> {
+    /// Opens one stored credential field, if present.
+    fn open(&self, account: &Account, field: &str) -> Result<Option<SecretString>, TokenError> {
         let keyring = self.accounts.keyring();
-        let open = |field: &str| {
-            account
-                .credentials
-                .get(field)
-                .map(|sealed| keyring.open(&account.id, field, sealed))
-                .transpose()
-                .map_err(|error| {
-                    tracing::error!(account.id = %account.id, field, %error, "stored credential does not open");
-                    TokenError::Rejected {
-                        code: "undecryptable_credential".into(),
-                        status: 0,
-                    }
-                })
-        };
-        // Which clients to try: the account's own (client-credentials accounts may
-        // carry one), else the integration's, current secret first.
+        account
+            .credentials
+            .get(field)
+            .map(|sealed| keyring.open(&account.id, field, sealed))
+            .transpose()
+            .map_err(|error| {
+                tracing::error!(account.id = %account.id, field, %error, "stored credential does not open");
+                TokenError::Rejected {
+                    code: "undecryptable_credential".into(),
+                    status: 0,
+                }
+            })
+    }
+
+    /// Which clients to try: the account's own (client-credentials accounts may
+    /// carry one), else the integration's, current secret first.
+    fn clients(&self, account: &Account, integration: &Integration) -> Result<Vec<ClientAuth>, TokenError> {
         let mut clients: Vec<ClientAuth> = Vec::new();
-        if let (Some(id), secret) = (open("client_id")?, open("client_secret")?) {
+        if let (Some(id), secret) = (self.open(account, "client_id")?, self.open(account, "client_secret")?) {
             clients.push(ClientAuth {
                 id: id.expose().to_owned(),
                 secret,
@@ -345,8 +347,43 @@ impl Refresher {
                 integration.name
             )));
         }
+        Ok(clients)
+    }
+
+    /// Revokes a deleted account's tokens at the vendor (RFC 7009), refresh token
+    /// first, when its integration declares a revocation endpoint. Best effort:
+    /// the account is already gone here, so failures are logged, not retried.
+    pub async fn revoke(&self, account: &Account) {
+        let Some(integration) = self.accounts.integrations().get(&account.integration).cloned() else {
+            return;
+        };
+        if integration
+            .credentials
+            .config
+            .as_ref()
+            .and_then(|c| c.auth.revoke_path.as_ref())
+            .is_none()
+        {
+            return;
+        }
+        let Ok(clients) = self.clients(account, &integration) else {
+            return;
+        };
+        for (field, hint) in [("refresh_token", "refresh_token"), ("access_token", "access_token")] {
+            let Ok(Some(token)) = self.open(account, field) else {
+                continue;
+            };
+            match self.token.revoke(&integration, &token, hint, &clients[0]).await {
+                Ok(_) => tracing::info!(account.id = %account.id, hint, "token revoked at the vendor"),
+                Err(error) => tracing::warn!(account.id = %account.id, hint, %error, "token revocation failed"),
+            }
+        }
+    }
+
+    async fn call_vendor(&self, account: &Account, integration: &Integration, now: i64) -> Result<Tokens, TokenError> {
+        let clients = self.clients(account, integration)?;
         let refresh_token = match integration.credentials.format {
-            CredentialFormat::Oauth2 => match open("refresh_token")? {
+            CredentialFormat::Oauth2 => match self.open(account, "refresh_token")? {
                 Some(token) => Some(token),
                 None => {
                     return Err(TokenError::Auth {

@@ -129,7 +129,52 @@ impl TokenClient {
         for (name, value) in &config.token_params {
             params.push((name.as_str(), text(value)));
         }
-        let mut request = Request::post(&url).header(header::ACCEPT, "application/json");
+        let (status, retry_after, bytes) = self.post(&url, options, params, client).await?;
+        parse_response(integration, status, retry_after, &bytes, now_ms)
+    }
+
+    /// Revokes a token at the integration's RFC 7009 endpoint, if it declares one.
+    /// Returns `Ok(false)` when there is no revocation endpoint.
+    pub async fn revoke(
+        &self,
+        integration: &Integration,
+        token: &SecretString,
+        hint: &str,
+        client: &ClientAuth,
+    ) -> Result<bool, TokenError> {
+        let Some(config) = integration.credentials.config.as_ref() else {
+            return Ok(false);
+        };
+        let (Some(host), Some(path)) = (&config.auth.token_host, &config.auth.revoke_path) else {
+            return Ok(false);
+        };
+        let url = format!("{}/{}", host.trim_end_matches('/'), path.trim_start_matches('/'));
+        let params = vec![
+            ("token", Zeroizing::new(token.expose().to_owned())),
+            ("token_type_hint", Zeroizing::new(hint.to_owned())),
+        ];
+        let (status, _, _) = self.post(&url, &config.options, params, client).await?;
+        match status.as_u16() {
+            200..=299 => Ok(true),
+            code if code >= 500 => Err(TokenError::Transient(format!("HTTP {code}"))),
+            code => Err(TokenError::Rejected {
+                code: "revocation_refused".into(),
+                status: code,
+            }),
+        }
+    }
+
+    /// POSTs parameters with the integration's client authentication and body
+    /// format; returns the status, any `Retry-After`, and the (bounded) body.
+    async fn post(
+        &self,
+        url: &str,
+        options: &credgate_config::OAuthOptions,
+        mut params: Vec<(&str, Zeroizing<String>)>,
+        client: &ClientAuth,
+    ) -> Result<(StatusCode, Option<Duration>, Bytes), TokenError> {
+        let text = |s: &str| Zeroizing::new(s.to_owned());
+        let mut request = Request::post(url).header(header::ACCEPT, "application/json");
         match options.authorization_method {
             ClientAuthMethod::Header => {
                 let id = form_encode(&client.id);
@@ -173,7 +218,7 @@ impl TokenClient {
                 code: "bad_token_url".into(),
                 status: 0,
             })?;
-        let response = tokio::time::timeout(self.timeout, async {
+        tokio::time::timeout(self.timeout, async {
             let response = self
                 .http
                 .request(request)
@@ -193,9 +238,7 @@ impl TokenClient {
             Ok::<_, TokenError>((status, retry_after, bytes))
         })
         .await
-        .map_err(|_| TokenError::Transient(format!("no answer within {} s", self.timeout.as_secs())))??;
-        let (status, retry_after, bytes) = response;
-        parse_response(integration, status, retry_after, &bytes, now_ms)
+        .map_err(|_| TokenError::Transient(format!("no answer within {} s", self.timeout.as_secs())))?
     }
 }
 

@@ -63,7 +63,8 @@ pub struct FakeVendor {
     /// Requests seen so far. A std mutex: only ever locked briefly, never across
     /// an await.
     requests: Arc<Mutex<Vec<Recorded>>>,
-    answer: Arc<Mutex<Answer>>,
+    /// The standing answer, and answers queued to be given once each, first.
+    answer: Arc<Mutex<(Answer, std::collections::VecDeque<Answer>)>>,
     /// PEM of the CA that signed the HTTPS certificate (for `extra_ca_file`).
     pub ca_pem: Option<String>,
     task: tokio::task::JoinHandle<()>,
@@ -111,7 +112,7 @@ impl FakeVendor {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let answer = Arc::new(Mutex::new(Answer::ok("{\"ok\":true}")));
+        let answer = Arc::new(Mutex::new((Answer::ok("{\"ok\":true}"), Default::default())));
         let (seen, told) = (Arc::clone(&requests), Arc::clone(&answer));
         let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
@@ -163,7 +164,12 @@ impl FakeVendor {
     }
 
     pub fn answer(&self, answer: Answer) {
-        *self.answer.lock().unwrap() = answer;
+        self.answer.lock().unwrap().0 = answer;
+    }
+
+    /// Answers the next request with `answer`, then goes back to the standing one.
+    pub fn answer_once(&self, answer: Answer) {
+        self.answer.lock().unwrap().1.push_back(answer);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -174,7 +180,7 @@ impl FakeVendor {
 async fn respond(
     request: Request<Incoming>,
     seen: Arc<Mutex<Vec<Recorded>>>,
-    told: Arc<Mutex<Answer>>,
+    told: Arc<Mutex<(Answer, std::collections::VecDeque<Answer>)>>,
 ) -> Response<BoxBody<Bytes, Infallible>> {
     let (parts, mut body) = request.into_parts();
     let mut body_len = 0u64;
@@ -194,7 +200,10 @@ async fn respond(
         body: kept,
         at: std::time::Instant::now(),
     });
-    let answer = told.lock().unwrap().clone();
+    let answer = {
+        let mut told = told.lock().unwrap();
+        told.1.pop_front().unwrap_or_else(|| told.0.clone())
+    };
     match answer {
         Answer::Held { arrived, release } => {
             arrived.notify_one();

@@ -16,6 +16,13 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
+        Self::with_client("{ id: cid }", "").await
+    }
+
+    /// `client` is the integration's `client:` block; `auth_extra` is added to
+    /// `config.auth` (e.g. `, revokePath: /revoke`). Secret files may be written
+    /// into the fixture's folder by the caller first: they are relative to it.
+    async fn with_client(client: &str, auth_extra: &str) -> Self {
         let endpoint = FakeTokenEndpoint::start().await;
         let dir = tempfile::tempdir().unwrap();
         let integrations = dir.path().join("integrations");
@@ -23,7 +30,7 @@ impl Fixture {
         std::fs::write(
             integrations.join("vendor.yaml"),
             format!(
-                "name: vendor\nbase_urls: [ \"https://api.example.com\" ]\ncredentials:\n  format: oauth2\n  client: {{ id: cid }}\n  config:\n    auth: {{ tokenHost: \"{}\" }}\nauthorization: {{ format: bearer, config: {{ path: oauth.token.access_token }} }}\n",
+                "name: vendor\nbase_urls: [ \"https://api.example.com\" ]\ncredentials:\n  format: oauth2\n  client: {client}\n  config:\n    auth: {{ tokenHost: \"{}\"{auth_extra} }}\nauthorization: {{ format: bearer, config: {{ path: oauth.token.access_token }} }}\n",
                 endpoint.host()
             ),
         )
@@ -237,4 +244,48 @@ async fn a_rotated_client_secret_falls_back_to_the_previous_one() {
     assert!(matches!(error, RefreshError::Unavailable { .. }), "{error:?}");
     let account = refresher.accounts().store().get("acme").await.unwrap().unwrap();
     assert_eq!(account.status, Status::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_secret_falls_back_to_the_previous_one_and_tokens_are_revoked() {
+    let f = Fixture::with_client(
+        "{ id: cid, secret: { from_file: ../secret-new }, previous_secret: { from_file: ../secret-old } }",
+        ", revokePath: /oauth/revoke",
+    )
+    .await;
+    std::fs::write(f.dir.path().join("secret-new"), "new-secret").unwrap();
+    std::fs::write(f.dir.path().join("secret-old"), "old-secret").unwrap();
+    f.endpoint.seed("rt-0");
+    // The vendor has not picked up the new secret yet.
+    f.endpoint.fail_next([Fault::InvalidClient]);
+    let refresher = f.replica(fast(), None).await;
+    create(&refresher, "acme", 0).await;
+    let account = refresher.refresh("acme", Reason::Expiring).await.unwrap();
+    assert_eq!(opened(&refresher, &account, "access_token"), "at-1");
+    let calls = f.endpoint.calls();
+    let basic = |secret: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("cid:{secret}"))
+        )
+    };
+    assert_eq!(calls[0].authorization.as_deref(), Some(basic("new-secret").as_str()));
+    assert_eq!(calls[1].authorization.as_deref(), Some(basic("old-secret").as_str()));
+
+    refresher.revoke(&account).await;
+    let revoked: Vec<_> = f
+        .endpoint
+        .calls()
+        .into_iter()
+        .skip(2)
+        .map(|c| (c.params["token"].clone(), c.params["token_type_hint"].clone()))
+        .collect();
+    assert_eq!(
+        revoked,
+        [
+            ("rt-1".to_owned(), "refresh_token".to_owned()),
+            ("at-1".to_owned(), "access_token".to_owned())
+        ]
+    );
 }
