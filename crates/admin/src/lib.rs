@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod connect;
 mod response;
 mod routes;
 
@@ -36,6 +37,8 @@ pub struct AdminState {
     /// Refreshes on request (`POST /v1/accounts/{id}/refresh`); `None` when the
     /// lifecycle engine is not running.
     pub refresher: Option<Arc<credgate_engine::Refresher>>,
+    /// The OAuth connect flow (`/v1/connect`, `/v1/connect-links`, `/v1/oauth/callback`).
+    pub connect: Option<Arc<credgate_engine::connect::Connect>>,
 }
 
 impl AdminState {

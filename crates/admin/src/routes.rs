@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::response::{self, Body};
-use crate::{auth, AdminState, MAX_BODY};
+use crate::{auth, connect, AdminState, MAX_BODY};
 
 pub(crate) async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
@@ -25,6 +25,16 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Body>
     match segments.as_slice() {
         ["healthz"] => return response::json(StatusCode::OK, &json!({ "status": "ok" })),
         ["readyz"] => return ready(state).await,
+        // The vendor redirects the customer's browser here: no admin token.
+        ["v1", "oauth", "callback"] | ["v1", "oauth", "callback", _] if request.method() == Method::GET => {
+            let integration = segments.get(3).map(|s| s.to_string());
+            return connect::callback(state, request.uri().query(), integration.as_deref()).await;
+        }
+        // A signed connect link stands in for the admin token.
+        ["v1", "connect", integration] if request.method() == Method::GET && has_link(request.uri().query()) => {
+            let integration = integration.to_string();
+            return connect::start_from_link(state, &integration, request.uri().query());
+        }
         ["v1", ..] => {}
         _ => return response::not_found(),
     }
@@ -55,6 +65,14 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Body>
             let id = id.to_string();
             refresh_account(state, &id).await
         }
+        (["v1", "connect", integration], Method::GET) => {
+            let integration = integration.to_string();
+            connect::start(state, &integration, request.uri().query())
+        }
+        (["v1", "connect-links"], Method::POST) => match json_body(request).await {
+            Ok(body) => connect::create_link(state, body),
+            Err(response) => response,
+        },
         (["v1", "integrations"], Method::GET) => {
             let list: Vec<Value> = state
                 .accounts
@@ -230,7 +248,7 @@ async fn list_accounts(state: &AdminState, query: Option<&str>) -> Response<Body
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes. The errors never quote the body.
-async fn json_body(request: Request<Incoming>) -> Result<Value, Response<Body>> {
+pub(crate) async fn json_body(request: Request<Incoming>) -> Result<Value, Response<Body>> {
     let bytes: Bytes = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
@@ -254,6 +272,10 @@ async fn json_body(request: Request<Incoming>) -> Result<Value, Response<Body>> 
             None,
         )
     })
+}
+
+fn has_link(query: Option<&str>) -> bool {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes()).any(|(key, _)| key == "link")
 }
 
 fn integration_view(integration: &Integration) -> Value {

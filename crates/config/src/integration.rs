@@ -108,6 +108,10 @@ pub struct OAuthConfig {
     pub authorize_params: BTreeMap<String, String>,
     #[serde(default, rename = "tokenParams")]
     pub token_params: BTreeMap<String, String>,
+    /// Token-response fields copied into account metadata at connect time
+    /// (Salesforce `instance_url`).
+    #[serde(default, rename = "metadataFromToken")]
+    pub metadata_from_token: Vec<String>,
 }
 
 fn default_scope_separator() -> String {

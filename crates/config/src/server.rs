@@ -204,9 +204,19 @@ pub struct WebhookConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectConfig {
+    /// The OAuth callback as registered with vendors: this admin listener's
+    /// `/v1/oauth/callback` as the browser reaches it.
     pub redirect_uri: String,
+    /// Origins `redirect_to` may point at after a connection (no open redirect).
     #[serde(default)]
     pub allowed_return_origins: Vec<String>,
+    /// How long a connect state (and a connect link) stays valid.
+    #[serde(default = "default_state_ttl", with = "crate::duration")]
+    pub state_ttl: Duration,
+}
+
+fn default_state_ttl() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// Refresh tuning. The defaults follow DESIGN.md.

@@ -31,6 +31,22 @@ pub enum Command {
     /// Manage integrated accounts through the admin API of a running credgate.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Print a link that connects an OAuth account (valid for connect.state_ttl).
+    Connect {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The integration to connect.
+        integration: String,
+        /// The account id to create or reconnect.
+        #[arg(long)]
+        account: String,
+        /// Where the browser goes afterwards (an allowed return origin).
+        #[arg(long)]
+        redirect_to: Option<String>,
+        /// Metadata as key=value; repeat for more.
+        #[arg(long = "metadata", value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+    },
     /// Inspect the integration files.
     #[command(subcommand)]
     Integrations(IntegrationsCommand),

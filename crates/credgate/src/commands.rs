@@ -73,6 +73,24 @@ pub async fn run(cli: Cli) -> Result {
             Ok(())
         }
         Command::Accounts(command) => accounts(command).await,
+        Command::Connect {
+            admin,
+            integration,
+            account,
+            redirect_to,
+            metadata,
+        } => {
+            let client = admin_client(&admin)?;
+            let body = json!({
+                "integration": integration,
+                "account_id": account,
+                "redirect_to": redirect_to,
+                "metadata": key_values(&metadata)?,
+            });
+            let answer = client.call(Method::POST, "/v1/connect-links", Some(&body)).await?;
+            println!("{}", text(&answer["url"]));
+            Ok(())
+        }
     }
 }
 
@@ -261,6 +279,21 @@ async fn accounts(command: AccountsCommand) -> Result {
             Ok(())
         }
     }
+}
+
+/// `--metadata KEY=VALUE` pairs as a JSON object.
+fn key_values(pairs: &[String]) -> Result<Map<String, Value>> {
+    let mut map = Map::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(Failure::new(
+                Code::Invalid,
+                format!("--metadata {pair:?}: use KEY=VALUE"),
+            ));
+        };
+        map.insert(key.to_owned(), Value::String(value.to_owned()));
+    }
+    Ok(map)
 }
 
 /// Account ids are `[A-Za-z0-9._-]`; anything else would not be a valid id anyway.

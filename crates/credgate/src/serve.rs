@@ -6,6 +6,7 @@ use std::time::Duration;
 use credgate_accounts::Accounts;
 use credgate_admin::AdminState;
 use credgate_config::{Config, OsEnv, ServerConfig, StoreUrl};
+use credgate_engine::connect::Connect;
 use credgate_engine::coordination::Coordinator;
 use credgate_engine::token::TokenClient;
 use credgate_engine::webhooks::{Endpoint, Webhooks};
@@ -86,6 +87,11 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         token,
         on_change: Some(Arc::new(on_change)),
         refresher: Some(Arc::clone(&refresher)),
+        connect: Some(Arc::new(Connect::new(
+            Arc::clone(&refresher),
+            config.server.connect.clone(),
+            Arc::clone(&clock),
+        ))),
     });
     let limits = Limits {
         max_connections: settings.max_connections,

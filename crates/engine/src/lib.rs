@@ -3,6 +3,7 @@
 //! webhooks from the outbox.
 #![forbid(unsafe_code)]
 
+pub mod connect;
 pub mod coordination;
 mod http;
 pub mod refresh;

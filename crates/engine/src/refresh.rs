@@ -318,6 +318,31 @@ impl Refresher {
             })
     }
 
+    /// The integration's configured clients, current secret first.
+    pub(crate) fn integration_clients(&self, integration: &str) -> Vec<ClientAuth> {
+        let Some(client) = self.clients.get(integration) else {
+            return Vec::new();
+        };
+        if client.secrets.is_empty() {
+            return vec![ClientAuth {
+                id: client.id.clone(),
+                secret: None,
+            }];
+        }
+        client
+            .secrets
+            .iter()
+            .map(|secret| ClientAuth {
+                id: client.id.clone(),
+                secret: Some(secret.clone()),
+            })
+            .collect()
+    }
+
+    pub(crate) fn token_client(&self) -> &TokenClient {
+        &self.token
+    }
+
     /// Which clients to try: the account's own (client-credentials accounts may
     /// carry one), else the integration's, current secret first.
     fn clients(&self, account: &Account, integration: &Integration) -> Result<Vec<ClientAuth>, TokenError> {
@@ -327,19 +352,8 @@ impl Refresher {
                 id: id.expose().to_owned(),
                 secret,
             });
-        } else if let Some(client) = self.clients.get(&integration.name) {
-            if client.secrets.is_empty() {
-                clients.push(ClientAuth {
-                    id: client.id.clone(),
-                    secret: None,
-                });
-            }
-            for secret in &client.secrets {
-                clients.push(ClientAuth {
-                    id: client.id.clone(),
-                    secret: Some(secret.clone()),
-                });
-            }
+        } else {
+            clients = self.integration_clients(&integration.name);
         }
         if clients.is_empty() {
             return Err(TokenError::Transient(format!(

@@ -26,6 +26,12 @@ const MAX_RESPONSE: usize = 256 * 1024;
 pub enum Grant<'a> {
     RefreshToken(&'a SecretString),
     ClientCredentials,
+    /// The connect flow's code exchange, with the PKCE verifier if one was sent.
+    AuthorizationCode {
+        code: &'a str,
+        verifier: Option<&'a str>,
+        redirect_uri: &'a str,
+    },
 }
 
 /// The client credentials used to authenticate at the token endpoint.
@@ -118,6 +124,18 @@ impl TokenClient {
             Grant::RefreshToken(token) => {
                 params.push(("grant_type", text("refresh_token")));
                 params.push(("refresh_token", text(token.expose())));
+            }
+            Grant::AuthorizationCode {
+                code,
+                verifier,
+                redirect_uri,
+            } => {
+                params.push(("grant_type", text("authorization_code")));
+                params.push(("code", text(code)));
+                params.push(("redirect_uri", text(redirect_uri)));
+                if let Some(verifier) = verifier {
+                    params.push(("code_verifier", text(verifier)));
+                }
             }
             Grant::ClientCredentials => {
                 params.push(("grant_type", text("client_credentials")));

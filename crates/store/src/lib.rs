@@ -77,6 +77,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn outbox_retry_at(&self, event_id: &str, attempts: u32, next_attempt_ms: i64) -> Result<(), StoreError>;
 
+    /// Records `key` as used until `expires_at_ms`; `false` if it was used before.
+    /// Makes one-time tokens (OAuth connect states) work once across replicas.
+    async fn use_once(&self, key: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool, StoreError>;
+
     async fn key_checks(&self) -> Result<Vec<KeyCheck>, StoreError>;
 
     /// Records a key check unless one for the same key id exists.

@@ -64,6 +64,8 @@ CREATE TABLE key_checks (
 "#,
     // 2: consecutive failed refreshes, for backoff that survives restarts.
     "ALTER TABLE accounts ADD COLUMN refresh_failures INTEGER NOT NULL DEFAULT 0;",
+    // 3: one-time tokens already used (connect states), kept until they expire.
+    "CREATE TABLE used_once (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) STRICT;",
 ];
 
 /// How long a writer waits for another process's write lock before giving up.
@@ -485,6 +487,26 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn use_once(&self, key: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            tx.execute("DELETE FROM used_once WHERE expires_at < ?1", [now_ms])
+                .map_err(backend)?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO used_once (key, expires_at) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                    params![key, expires_at_ms],
+                )
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(inserted == 1)
         })
         .await
     }

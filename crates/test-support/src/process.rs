@@ -104,6 +104,21 @@ impl Deployment {
         }
     }
 
+    /// Binds the admin listener to `port` instead of a free one (the OAuth tests
+    /// must register the callback URL with the vendor before credgate starts).
+    pub fn set_admin_port(&self, port: u16) {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace(
+                "admin: { listen: 127.0.0.1:0,",
+                &format!("admin: {{ listen: 127.0.0.1:{port},"),
+            ),
+        )
+        .unwrap();
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("credgate.yaml")
     }
