@@ -4,7 +4,7 @@
 //! refreshes them. And every way a connection must be refused.
 #![allow(clippy::unwrap_used)]
 
-use credgate_test_support::{http, login, Credgate, Deployment, FakeVendor, OidcProvider};
+use credgate_test_support::{curl, http, login, Credgate, Deployment, FakeVendor, OidcProvider};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -111,24 +111,18 @@ impl Connect {
     }
 
     fn proxied(&self, account: &str) -> u16 {
-        let output = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
+        let header = format!("credgate-account: {account}");
+        curl(
+            &[
                 "-x",
                 &self.server.proxy_url(),
                 "-H",
-            ])
-            .arg(format!("credgate-account: {account}"))
-            .arg(format!("{}/me", self.vendor.url()))
-            .env_remove("no_proxy")
-            .env_remove("NO_PROXY")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0)
+                &header,
+                &format!("{}/me", self.vendor.url()),
+            ],
+            &[],
+        )
+        .0
     }
 
     fn last_bearer(&self) -> String {

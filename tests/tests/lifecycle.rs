@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use credgate_crypto::SecretString;
 use credgate_engine::webhooks::Endpoint;
-use credgate_test_support::{http, Answer, Credgate, Deployment, FakeTokenEndpoint, FakeVendor, Fault, RedisServer};
+use credgate_test_support::{
+    curl, http, Answer, Credgate, Deployment, FakeTokenEndpoint, FakeVendor, Fault, RedisServer,
+};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -378,30 +380,21 @@ async fn a_vendor_401_forces_one_refresh_and_one_replay() {
         headers: vec![],
         body: "{\"error\":\"expired\"}".into(),
     });
-    let output = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
+    let (status, out) = curl(
+        &[
             "-x",
             &server.proxy_url(),
             "-H",
             "credgate-account: acme",
-        ])
-        .args([
             "-H",
             "content-type: application/json",
             "--data",
             "{\"name\":\"widget\"}",
-        ])
-        .arg(format!("{}/v1/items", l.vendor.url()))
-        .env_remove("no_proxy")
-        .env_remove("NO_PROXY")
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "200");
+            &format!("{}/v1/items", l.vendor.url()),
+        ],
+        &[],
+    );
+    assert_eq!(status, 200, "{out}");
     let seen = l.vendor.requests();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].headers["authorization"], "Bearer at-0");
@@ -433,14 +426,17 @@ async fn an_expired_token_while_the_vendor_is_down_is_503_with_retry_after() {
     l.endpoint.fail_next(std::iter::repeat_n(Fault::Status(503), 50));
     let server = l.start();
     l.create(&server, "acme", "rt-0", 0).await;
-    let output = std::process::Command::new("curl")
-        .args(["-s", "-i", "-x", &server.proxy_url(), "-H", "credgate-account: acme"])
-        .arg(format!("{}/v1/items", l.vendor.url()))
-        .env_remove("no_proxy")
-        .env_remove("NO_PROXY")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    let (_, out) = curl(
+        &[
+            "-x",
+            &server.proxy_url(),
+            "-H",
+            "credgate-account: acme",
+            &format!("{}/v1/items", l.vendor.url()),
+        ],
+        &[],
+    );
+    let out = out.to_ascii_lowercase();
     assert!(out.starts_with("http/1.1 503"), "{out}");
     assert!(out.contains("credgate-error: refresh_unavailable"), "{out}");
     let retry_after: u64 = out

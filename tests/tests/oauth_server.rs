@@ -5,7 +5,7 @@
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use credgate_test_support::{http, login, Credgate, Deployment, FakeVendor, OidcProvider};
+use credgate_test_support::{curl, http, login, Credgate, Deployment, FakeVendor, OidcProvider};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -132,25 +132,16 @@ async fn refreshes_against_a_real_oauth_server_with_rotation() {
 }
 
 fn curl_via(server: &Credgate, vendor: &FakeVendor) -> (u16, String) {
-    let output = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
+    curl(
+        &[
             "-x",
             &server.proxy_url(),
             "-H",
             "credgate-account: alice-idp",
-        ])
-        .arg(format!("{}/me", vendor.url()))
-        .env_remove("no_proxy")
-        .env_remove("NO_PROXY")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    (text.trim().parse().unwrap_or(0), text)
+            &format!("{}/me", vendor.url()),
+        ],
+        &[],
+    )
 }
 
 fn bearer(vendor: &FakeVendor) -> String {

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use credgate_proxy::appkeys::digest_hex;
-use credgate_test_support::{http, Answer, Credgate, Deployment, FakeVendor};
+use credgate_test_support::{curl, http, Answer, Credgate, Deployment, FakeVendor};
 use http::{Method, StatusCode};
 use serde_json::json;
 
@@ -106,37 +106,6 @@ async fn world(proxy_settings: &str) -> World {
         deployment,
         server,
     }
-}
-
-/// Runs curl with the proxy environment cleared, returning (status, headers+body).
-fn curl(args: &[&str], env: &[(&str, &str)]) -> (u16, String) {
-    let mut command = Command::new("curl");
-    command.args(["-sS", "-i", "--max-time", "30"]).args(args);
-    for name in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
-        command.env_remove(name);
-    }
-    command.envs(env.iter().copied());
-    let output = command
-        .output()
-        .expect("curl must be installed (see README prerequisites)");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let status = text
-        .lines()
-        .rev()
-        .find(|line| line.starts_with("HTTP/"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,8 +17,6 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, crate::ProxyBody>;
 
@@ -92,38 +89,11 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    #[error("cannot read extra CA file {path}: {reason}")]
-    CaFile { path: String, reason: String },
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-}
+pub use credgate_tls::TlsError as TlsSetupError;
 
 /// Builds the upstream client: webpki roots plus an optional extra CA file.
 pub fn client(allow_private: bool, extra_ca: Option<&Path>) -> Result<UpstreamClient, TlsSetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
-        let ca_error = |reason: String| TlsSetupError::CaFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| ca_error(e.to_string()))?;
-        let mut added = 0;
-        for cert in certs {
-            roots.add(cert.map_err(|e| ca_error(e.to_string()))?)?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(ca_error("no certificates in the file".into()));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = credgate_tls::client_config(extra_ca)?;
     let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -38,3 +38,34 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Runs curl (`-sS -i`, 30 s limit) with every proxy variable of the environment
+/// cleared (so `NO_PROXY` cannot bypass credgate) plus `env`; returns the last
+/// status code and the full output (headers and body).
+pub fn curl(args: &[&str], env: &[(&str, &str)]) -> (u16, String) {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-sS", "-i", "--max-time", "30"]).args(args);
+    for name in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    let output = command.output().expect("curl must be installed (README prerequisites)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let status = text
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("HTTP/"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
