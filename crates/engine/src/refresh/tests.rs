@@ -6,7 +6,7 @@ use credgate_test_support::{FakeTokenEndpoint, Fault, RedisServer};
 use serde_json::json;
 
 use super::*;
-use crate::SystemClock;
+use crate::{Clock, SystemClock};
 
 struct Fixture {
     endpoint: FakeTokenEndpoint,
@@ -288,4 +288,40 @@ async fn a_refused_client_secret_falls_back_to_the_previous_one_and_tokens_are_r
             ("at-1".to_owned(), "access_token".to_owned())
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_accounts_fetch_their_token_when_created_without_one() {
+    let f = Fixture::new().await;
+    let folder = f.dir.path().join("integrations");
+    std::fs::write(
+        folder.join("machine.yaml"),
+        format!(
+            "name: machine\nbase_urls: [ \"https://api.example.com\" ]\ncredentials:\n  format: oauth2_client_credentials\n  config:\n    auth: {{ tokenHost: \"{}\" }}\n    scope: [ read ]\nauthorization: {{ format: bearer, config: {{ path: oauth.token.access_token }} }}\n",
+            f.endpoint.host()
+        ),
+    )
+    .unwrap();
+    let refresher = f.replica(fast(), None).await;
+    let input: CreateAccount = serde_json::from_value(json!({
+        "id": "m2m", "integration": "machine",
+        "credentials": { "client_id": "acct-client", "client_secret": "acct-secret" }
+    }))
+    .unwrap();
+    refresher.accounts().create(input).await.unwrap();
+    let stored = refresher.accounts().store().get("m2m").await.unwrap().unwrap();
+    assert!(
+        stored.next_refresh_at.unwrap() <= crate::SystemClock.now_ms(),
+        "due at once"
+    );
+    let account = refresher.refresh("m2m", Reason::Due).await.unwrap();
+    assert_eq!(opened(&refresher, &account, "access_token"), "at-1");
+    let call = f.endpoint.calls().pop().unwrap();
+    assert_eq!(call.grant_type, "client_credentials");
+    assert_eq!(call.params["scope"], "read");
+    // The account's own client, not the integration's.
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("acct-client:acct-secret");
+    assert_eq!(call.authorization.as_deref(), Some(format!("Basic {basic}").as_str()));
+    assert!(account.next_refresh_at.is_some(), "re-fetched before it expires");
 }
