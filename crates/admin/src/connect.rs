@@ -126,6 +126,7 @@ pub(crate) fn create_link(state: &AdminState, body: Value) -> Response<Body> {
                     Some("redirect_to"),
                 ),
                 ConnectError::BadAccountId => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("account_id")),
+                ConnectError::Metadata(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("metadata")),
                 _ => (StatusCode::SERVICE_UNAVAILABLE, "connect_unavailable", None),
             };
             response::error(status, code, error.to_string(), field)

@@ -121,11 +121,12 @@ fn default_scope_separator() -> String {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthEndpoints {
-    pub token_host: Option<String>,
+    /// May template declared metadata (`https://{{metadata.subdomain}}.zendesk.com`).
+    pub token_host: Option<Template>,
     #[serde(default = "default_token_path")]
     pub token_path: String,
     #[serde(default)]
-    pub authorize_host: Option<String>,
+    pub authorize_host: Option<Template>,
     #[serde(default = "default_authorize_path")]
     pub authorize_path: String,
     /// RFC 7009 revocation endpoint path on `tokenHost`.
@@ -139,17 +140,6 @@ fn default_token_path() -> String {
 
 fn default_authorize_path() -> String {
     "/oauth/authorize".to_owned()
-}
-
-impl AuthEndpoints {
-    pub fn token_url(&self) -> Option<String> {
-        self.token_host.as_ref().map(|host| join_url(host, &self.token_path))
-    }
-
-    pub fn authorize_url(&self) -> Option<String> {
-        let host = self.authorize_host.as_ref().or(self.token_host.as_ref())?;
-        Some(join_url(host, &self.authorize_path))
-    }
 }
 
 fn join_url(host: &str, path: &str) -> String {
@@ -402,29 +392,79 @@ impl Integration {
             }
         }
         for (i, url) in self.base_urls.iter().enumerate() {
-            let path = format!("base_urls[{i}]");
-            let mut concrete = String::new();
-            let mut unknown = None;
-            let _ = url.render_into(&mut concrete, |var, out| {
-                let declared = var
-                    .strip_prefix("metadata.")
-                    .and_then(|name| self.metadata.get(name))
-                    .and_then(|field| field.pattern.as_ref());
-                match declared {
-                    Some(pattern) => out.push_str(&pattern.replace('*', "x")),
-                    None => unknown = Some(var.to_owned()),
-                }
-                true
-            });
-            if let Some(var) = unknown {
-                errors.error(
-                    path,
-                    format!("{{{{{var}}}}} must name account metadata declared under `metadata` with a `pattern`"),
-                );
-            } else if let Err(message) = check_url(&concrete) {
-                errors.error(path, message);
-            }
+            self.check_templated_url(&format!("base_urls[{i}]"), url, errors);
         }
+    }
+
+    /// A URL that may template declared metadata: every variable must be
+    /// `metadata.<name>` with a `pattern`, and the URL must pass [`check_url`]
+    /// with the patterns substituted.
+    fn check_templated_url(&self, path: &str, url: &Template, errors: &mut Collector<'_>) {
+        let mut concrete = String::new();
+        let mut unknown = None;
+        let _ = url.render_into(&mut concrete, |var, out| {
+            match self.declared_pattern(var) {
+                Some(pattern) => out.push_str(&pattern.replace('*', "x")),
+                None => unknown = Some(var.to_owned()),
+            }
+            true
+        });
+        if let Some(var) = unknown {
+            errors.error(
+                path,
+                format!("{{{{{var}}}}} must name account metadata declared under `metadata` with a `pattern`"),
+            );
+        } else if let Err(message) = check_url(&concrete) {
+            errors.error(path, message);
+        }
+    }
+
+    fn declared_pattern(&self, var: &str) -> Option<&str> {
+        var.strip_prefix("metadata.")
+            .and_then(|name| self.metadata.get(name))
+            .and_then(|field| field.pattern.as_deref())
+    }
+
+    /// Renders a URL template with an account's metadata. `None` when a value is
+    /// missing or does not match its declared pattern: a credential or a token
+    /// request never goes to a URL built from unchecked metadata.
+    pub fn render_url(&self, url: &Template, metadata: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        let mut rendered = String::new();
+        url.render_into(&mut rendered, |var, out| {
+            let (Some(name), Some(pattern)) = (var.strip_prefix("metadata."), self.declared_pattern(var)) else {
+                return false;
+            };
+            match metadata.get(name).and_then(serde_json::Value::as_str) {
+                Some(value) if crate::url::matches_pattern(value, pattern) => {
+                    out.push_str(value.trim_end_matches('/'));
+                    true
+                }
+                _ => false,
+            }
+        })
+        .ok()?;
+        Some(rendered)
+    }
+
+    /// The token endpoint for an account with this metadata.
+    pub fn token_url(&self, metadata: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        let auth = &self.credentials.config.as_ref()?.auth;
+        let host = self.render_url(auth.token_host.as_ref()?, metadata)?;
+        Some(join_url(&host, &auth.token_path))
+    }
+
+    /// The authorize endpoint (`authorizeHost`, else `tokenHost`) for this metadata.
+    pub fn authorize_url(&self, metadata: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        let auth = &self.credentials.config.as_ref()?.auth;
+        let host = auth.authorize_host.as_ref().or(auth.token_host.as_ref())?;
+        Some(join_url(&self.render_url(host, metadata)?, &auth.authorize_path))
+    }
+
+    /// The RFC 7009 revocation endpoint, if declared.
+    pub fn revoke_url(&self, metadata: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        let auth = &self.credentials.config.as_ref()?.auth;
+        let host = self.render_url(auth.token_host.as_ref()?, metadata)?;
+        Some(join_url(&host, auth.revoke_path.as_ref()?))
     }
 
     fn validate_credentials(&self, errors: &mut Collector<'_>) {
@@ -461,16 +501,10 @@ impl Integration {
         };
         match &config.auth.token_host {
             None => errors.error("credentials.config.auth.tokenHost", "is required for oauth2 formats"),
-            Some(host) => {
-                if let Err(message) = check_url(host) {
-                    errors.error("credentials.config.auth.tokenHost", message);
-                }
-            }
+            Some(host) => self.check_templated_url("credentials.config.auth.tokenHost", host, errors),
         }
         if let Some(host) = &config.auth.authorize_host {
-            if let Err(message) = check_url(host) {
-                errors.error("credentials.config.auth.authorizeHost", message);
-            }
+            self.check_templated_url("credentials.config.auth.authorizeHost", host, errors);
         }
         for (field, value) in [
             ("tokenPath", Some(&config.auth.token_path)),

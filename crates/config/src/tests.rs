@@ -25,9 +25,13 @@ fn shipped_configuration_is_valid() {
     assert!(matches!(config.server.store_url(), Some(StoreUrl::Sqlite(_))));
     let hubspot = &config.integrations["hubspot"];
     let oauth = hubspot.credentials.config.as_ref().unwrap();
-    assert_eq!(oauth.auth.token_url().unwrap(), "https://api.hubapi.com/oauth/v1/token");
+    let none = serde_json::Map::new();
     assert_eq!(
-        oauth.auth.authorize_url().unwrap(),
+        hubspot.token_url(&none).unwrap(),
+        "https://api.hubapi.com/oauth/v1/token"
+    );
+    assert_eq!(
+        hubspot.authorize_url(&none).unwrap(),
         "https://app.hubspot.com/oauth/authorize"
     );
     assert_eq!(oauth.options.authorization_method, ClientAuthMethod::Body);

@@ -46,6 +46,8 @@ pub enum ConnectError {
     NotConnectable(String),
     #[error("redirect_to must be on an allowed origin (connect.allowed_return_origins)")]
     RedirectNotAllowed,
+    #[error("metadata {0} is missing or does not match the integration's pattern")]
+    Metadata(String),
     #[error("invalid account id: use 1 to 128 characters from [A-Za-z0-9._-]")]
     BadAccountId,
     #[error("this link is invalid")]
@@ -107,7 +109,7 @@ impl Connect {
                 .credentials
                 .config
                 .as_ref()
-                .is_some_and(|c| c.auth.authorize_url().is_some());
+                .is_some_and(|c| c.auth.authorize_host.is_some() || c.auth.token_host.is_some());
         if !connectable {
             return Err(ConnectError::NotConnectable(name.to_owned()));
         }
@@ -130,6 +132,18 @@ impl Connect {
         if let Some(target) = &request.redirect_to {
             if !allowed_return(target, &settings.allowed_return_origins) {
                 return Err(ConnectError::RedirectNotAllowed);
+            }
+        }
+        let integration = self.integration(&request.integration)?;
+        for (name, declared) in &integration.metadata {
+            let given = request.metadata.get(name);
+            let valid = match (given, &declared.pattern) {
+                (None, _) => !declared.required,
+                (Some(value), Some(pattern)) => credgate_config::matches_pattern(value, pattern),
+                (Some(_), None) => true,
+            };
+            if !valid {
+                return Err(ConnectError::Metadata(name.clone()));
             }
         }
         Ok(())
@@ -209,7 +223,9 @@ impl Connect {
         for (name, value) in &config.authorize_params {
             query.append_pair(name, value);
         }
-        let base = config.auth.authorize_url().ok_or(ConnectError::NotConfigured)?;
+        let base = integration
+            .authorize_url(&metadata_map(request))
+            .ok_or(ConnectError::NotConfigured)?;
         let separator = if base.contains('?') { '&' } else { '?' };
         Ok(format!("{base}{separator}{}", query.finish()))
     }
@@ -282,6 +298,7 @@ impl Connect {
         let integration = self.integration(&request.integration)?;
         let clients = self.refresher.integration_clients(&integration.name);
         let mut tokens = Err(ConnectError::Unavailable);
+        let metadata = metadata_map(request);
         for client in &clients {
             let grant = Grant::AuthorizationCode {
                 code,
@@ -291,7 +308,7 @@ impl Connect {
             match self
                 .refresher
                 .token_client()
-                .request(&integration, grant, client, self.clock.now_ms())
+                .request(&integration, &metadata, grant, client, self.clock.now_ms())
                 .await
             {
                 Err(TokenError::InvalidClient { status }) => {
@@ -317,7 +334,7 @@ impl Connect {
                 credentials.insert(field.into(), json!(value));
             }
         }
-        let mut metadata: Map<String, Value> = request.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let mut metadata = metadata_map(request);
         let copied = integration
             .credentials
             .config
@@ -407,6 +424,10 @@ fn failed(redirect_to: Option<String>, account_id: Option<String>, error: Connec
         account_id,
         outcome: Err(error),
     }
+}
+
+fn metadata_map(request: &ConnectRequest) -> Map<String, Value> {
+    request.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect()
 }
 
 fn to_json(request: &ConnectRequest) -> Value {

@@ -387,7 +387,11 @@ impl Refresher {
             let Ok(Some(token)) = self.open(account, field) else {
                 continue;
             };
-            match self.token.revoke(&integration, &token, hint, &clients[0]).await {
+            match self
+                .token
+                .revoke(&integration, &account.metadata, &token, hint, &clients[0])
+                .await
+            {
                 Ok(_) => tracing::info!(account.id = %account.id, hint, "token revoked at the vendor"),
                 Err(error) => tracing::warn!(account.id = %account.id, hint, %error, "token revocation failed"),
             }
@@ -414,7 +418,11 @@ impl Refresher {
                 Some(token) => Grant::RefreshToken(token),
                 None => Grant::ClientCredentials,
             };
-            match self.token.request(integration, grant, client, now).await {
+            match self
+                .token
+                .request(integration, &account.metadata, grant, client, now)
+                .await
+            {
                 Err(TokenError::InvalidClient { status }) => {
                     tracing::warn!(account.id = %account.id, integration = %integration.name, "client secret refused; trying the next one");
                     last = Some(TokenError::InvalidClient { status });

@@ -100,6 +100,7 @@ impl TokenClient {
     pub async fn request(
         &self,
         integration: &Integration,
+        metadata: &Map<String, Value>,
         grant: Grant<'_>,
         client: &ClientAuth,
         now_ms: i64,
@@ -110,9 +111,9 @@ impl TokenClient {
                 status: 0,
             });
         };
-        let Some(url) = config.auth.token_url() else {
+        let Some(url) = integration.token_url(metadata) else {
             return Err(TokenError::Rejected {
-                code: "no_token_url".into(),
+                code: "no_token_url_for_this_metadata".into(),
                 status: 0,
             });
         };
@@ -156,6 +157,7 @@ impl TokenClient {
     pub async fn revoke(
         &self,
         integration: &Integration,
+        metadata: &Map<String, Value>,
         token: &SecretString,
         hint: &str,
         client: &ClientAuth,
@@ -163,10 +165,9 @@ impl TokenClient {
         let Some(config) = integration.credentials.config.as_ref() else {
             return Ok(false);
         };
-        let (Some(host), Some(path)) = (&config.auth.token_host, &config.auth.revoke_path) else {
+        let Some(url) = integration.revoke_url(metadata) else {
             return Ok(false);
         };
-        let url = format!("{}/{}", host.trim_end_matches('/'), path.trim_start_matches('/'));
         let params = vec![
             ("token", Zeroizing::new(token.expose().to_owned())),
             ("token_type_hint", Zeroizing::new(hint.to_owned())),

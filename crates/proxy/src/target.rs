@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use credgate_config::{matches_pattern, Integration};
+use credgate_config::Integration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, Request, Uri};
 use serde_json::{Map, Value};
@@ -164,32 +164,12 @@ impl Target {
 /// Renders an integration's base URLs for one account. A templated entry whose
 /// metadata is missing or does not match its declared pattern yields no origin.
 pub fn origins(integration: &Integration, metadata: &Map<String, Value>) -> Vec<Origin> {
-    let mut origins = Vec::with_capacity(integration.base_urls.len());
-    for template in &integration.base_urls {
-        let mut rendered = String::new();
-        let complete = template.render_into(&mut rendered, |var, out| {
-            let Some(name) = var.strip_prefix("metadata.") else {
-                return false;
-            };
-            let pattern = integration
-                .metadata
-                .get(name)
-                .and_then(|field| field.pattern.as_deref());
-            match (metadata.get(name).and_then(Value::as_str), pattern) {
-                (Some(value), Some(pattern)) if matches_pattern(value, pattern) => {
-                    out.push_str(value.trim_end_matches('/'));
-                    true
-                }
-                _ => false,
-            }
-        });
-        if complete.is_ok() {
-            if let Some(origin) = parse_origin(&rendered) {
-                origins.push(origin);
-            }
-        }
-    }
-    origins
+    integration
+        .base_urls
+        .iter()
+        .filter_map(|template| integration.render_url(template, metadata))
+        .filter_map(|url| parse_origin(&url))
+        .collect()
 }
 
 fn parse_origin(url: &str) -> Option<Origin> {

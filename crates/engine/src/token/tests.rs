@@ -1,6 +1,6 @@
 use super::*;
 use credgate_test_support::{FakeTokenEndpoint, Fault};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 pub(crate) fn integration(yaml: &str) -> Integration {
     let dir = tempfile::tempdir().unwrap();
@@ -148,7 +148,7 @@ async fn requests_follow_the_integration() {
     );
     let refresh = SecretString::new("rt-0");
     let tokens = client
-        .request(&header_form, Grant::RefreshToken(&refresh), &auth, NOW)
+        .request(&header_form, &Map::new(), Grant::RefreshToken(&refresh), &auth, NOW)
         .await
         .unwrap();
     assert_eq!(tokens.refresh_token.as_ref().unwrap().expose(), "rt-1");
@@ -164,7 +164,7 @@ async fn requests_follow_the_integration() {
 
     // Reusing the rotated-away token is invalid_grant.
     let reused = client
-        .request(&header_form, Grant::RefreshToken(&refresh), &auth, NOW)
+        .request(&header_form, &Map::new(), Grant::RefreshToken(&refresh), &auth, NOW)
         .await
         .unwrap_err();
     assert!(matches!(reused, TokenError::Auth { .. }), "{reused:?}");
@@ -176,7 +176,7 @@ async fn requests_follow_the_integration() {
         "",
     );
     client
-        .request(&body_json, Grant::ClientCredentials, &auth, NOW)
+        .request(&body_json, &Map::new(), Grant::ClientCredentials, &auth, NOW)
         .await
         .unwrap();
     let call = endpoint.calls().pop().unwrap();
@@ -190,12 +190,12 @@ async fn requests_follow_the_integration() {
 
     endpoint.fail_next([Fault::Status(503), Fault::RateLimited(7)]);
     let e = client
-        .request(&body_json, Grant::ClientCredentials, &auth, NOW)
+        .request(&body_json, &Map::new(), Grant::ClientCredentials, &auth, NOW)
         .await
         .unwrap_err();
     assert!(matches!(e, TokenError::Transient(_)));
     let e = client
-        .request(&body_json, Grant::ClientCredentials, &auth, NOW)
+        .request(&body_json, &Map::new(), Grant::ClientCredentials, &auth, NOW)
         .await
         .unwrap_err();
     assert_eq!(
@@ -217,11 +217,44 @@ async fn a_hanging_endpoint_times_out() {
         secret: None,
     };
     let e = client
-        .request(&i, Grant::ClientCredentials, &auth, NOW)
+        .request(&i, &Map::new(), Grant::ClientCredentials, &auth, NOW)
         .await
         .unwrap_err();
     assert!(
         matches!(e, TokenError::Transient(ref m) if m.contains("no answer")),
         "{e:?}"
     );
+}
+
+/// A token endpoint on each customer's own host, from checked account metadata.
+#[tokio::test]
+async fn token_urls_template_declared_metadata() {
+    let endpoint = FakeTokenEndpoint::start().await;
+    // A pattern without `*` allows exactly one value (loopback http is only
+    // accepted for literal loopback hosts, so the test cannot use a wildcard).
+    let host = endpoint.host();
+    let i = integration(&format!(
+        "name: site\nmetadata:\n  site: {{ pattern: \"{host}\" }}\nbase_urls: [ \"https://api.example.com\" ]\ncredentials:\n  format: oauth2_client_credentials\n  config:\n    auth: {{ tokenHost: \"{{{{metadata.site}}}}\", tokenPath: /t }}\nauthorization: {{ format: bearer, config: {{ path: oauth.token.access_token }} }}\n"
+    ));
+    let client = TokenClient::new(Duration::from_secs(5), None).unwrap();
+    let auth = ClientAuth {
+        id: "c".into(),
+        secret: None,
+    };
+    let good: Map<String, Value> = [("site".to_owned(), json!(endpoint.host()))].into_iter().collect();
+    client
+        .request(&i, &good, Grant::ClientCredentials, &auth, NOW)
+        .await
+        .unwrap();
+    assert_eq!(endpoint.count("client_credentials"), 1);
+    // Metadata that does not match the pattern never builds a URL.
+    let bad: Map<String, Value> = [("site".to_owned(), json!("http://evil.example.com"))]
+        .into_iter()
+        .collect();
+    let error = client
+        .request(&i, &bad, Grant::ClientCredentials, &auth, NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, TokenError::Rejected { .. }), "{error:?}");
+    assert_eq!(endpoint.count("client_credentials"), 1);
 }
