@@ -185,9 +185,12 @@ async fn kill_9_of_the_lock_holder_mid_refresh_is_survived() {
     l.endpoint.seed("rt-0");
     l.endpoint.fail_next([Fault::Hang]);
     let a = l.start();
+    // Registered before the refresh can arrive, so its notification is not missed.
+    let arrived = l.endpoint.arrived.notified();
+    tokio::pin!(arrived);
+    arrived.as_mut().enable();
     l.create(&a, "acme", "rt-0", 0).await;
     // a's scheduler (or this request) takes the lock and hangs at the vendor.
-    let arrived = l.endpoint.arrived.notified();
     let client = client();
     let (proxy, port) = (a.proxy_url(), l.vendor.port());
     let first = tokio::spawn({

@@ -14,7 +14,7 @@ use crate::AccountError;
 ///
 /// Build it from JSON with [`CreateAccount::from_json`], not serde: serde's type
 /// errors quote the offending value, which may be a secret sent in the wrong place.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     pub id: String,
@@ -28,7 +28,7 @@ pub struct CreateAccount {
 /// `PATCH /v1/accounts/{id}`: given credential and metadata fields replace the
 /// stored ones; `null` removes an optional field. New credentials for an account in
 /// `needs_reauth` make it `active` again.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchAccount {
     #[serde(default)]
@@ -100,6 +100,31 @@ fn take_object(object: &mut Map<String, Value>, field: &str) -> Result<Option<Ma
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(inner)) => Ok(Some(inner)),
         Some(_) => Err(AccountError::invalid(field, "must be a JSON object")),
+    }
+}
+
+/// `Debug` names the credential fields, never their values.
+impl std::fmt::Debug for CreateAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateAccount")
+            .field("id", &self.id)
+            .field("integration", &self.integration)
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PatchAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatchAccount")
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|c| c.keys().collect::<Vec<_>>()),
+            )
+            .field("metadata", &self.metadata)
+            .field("version", &self.version)
+            .finish()
     }
 }
 

@@ -35,6 +35,7 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         Arc::clone(accounts.store()),
         Arc::clone(&integrations),
         CACHE_CAPACITY,
+        CACHE_MAX_AGE,
     ));
 
     let coordinator = Arc::new(match &config.server.redis {
@@ -118,6 +119,7 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     tracing::info!("shutting down: draining in-flight requests");
     let _ = shutdown_tx.send(());
     let _ = tokio::join!(admin_task, scheduler, webhook_task);
+    refresher.drain(config.server.refresh.lock_ttl).await;
     let _ = tokio::task::spawn_blocking(move || {
         for worker in workers {
             let _ = worker.join();
@@ -134,6 +136,8 @@ async fn invalidate_on_change(coordinator: Arc<Coordinator>, cache: Arc<AccountC
     let mut changes = coordinator.changes();
     loop {
         match changes.recv().await {
+            // The feed reconnected: messages may have been lost meanwhile.
+            Ok(id) if id == credgate_engine::coordination::RESYNC => cache.clear(),
             Ok(id) => cache.invalidate(&id),
             // Missed some: forget everything rather than serve a stale token.
             Err(RecvError::Lagged(_)) => cache.clear(),
@@ -160,6 +164,9 @@ fn webhooks(config: &Config, accounts: &Accounts, clock: Arc<dyn Clock>) -> Resu
     .map_err(|e| Failure::new(Code::Config, format!("webhooks: {e}")))
 }
 
+/// A vendor 401 does not force a refresh of a token refreshed less than this ago.
+const RECENT_REFRESH_MS: i64 = 30_000;
+
 /// The engine behind the proxy's freshness seam: refreshes through the single
 /// flight and puts the result in the cache.
 struct EngineFreshness {
@@ -179,6 +186,21 @@ impl Freshness for EngineFreshness {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<Entry>, ProxyError>> + Send + 'static>> {
         let (refresher, cache) = (Arc::clone(&self.refresher), Arc::clone(&self.cache));
         Box::pin(async move {
+            if !entry.integration.credentials.format.is_oauth() {
+                // An API key the vendor refuses is the vendor's answer to pass on.
+                return Ok(entry);
+            }
+            if refused_version.is_some() {
+                let just_refreshed = entry
+                    .account
+                    .last_refreshed_at
+                    .is_some_and(|at| credgate_accounts::now_ms() - at < RECENT_REFRESH_MS);
+                if just_refreshed {
+                    // The token is seconds old: the 401 is about something else.
+                    // Refreshing again on every such answer would hammer the vendor.
+                    return Ok(entry);
+                }
+            }
             let reason = match refused_version {
                 Some(seen_version) => Reason::Forced { seen_version },
                 None => Reason::Expiring,
@@ -197,6 +219,9 @@ impl Freshness for EngineFreshness {
 
 /// Accounts the proxy keeps in memory at most (each entry is the sealed account).
 const CACHE_CAPACITY: usize = 100_000;
+/// The longest a cached account is used without reading the store again: the
+/// bound on staleness when a change notification is lost.
+const CACHE_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// One proxy worker's state: shared cache and keyring, its own upstream pool.
 fn proxy(

@@ -21,6 +21,11 @@ use tokio::sync::broadcast;
 
 const CHANNEL: &str = "credgate:changed";
 
+/// Sent on the local feed (never a valid account id) when the Redis feed has
+/// (re)connected: changes published while it was down were lost, so listeners
+/// drop everything they cached.
+pub const RESYNC: &str = "*";
+
 /// The script that deletes a lock only if it still holds our value.
 const RELEASE: &str =
     r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
@@ -170,6 +175,7 @@ async fn relay(client: redis::Client, changes: broadcast::Sender<String>) {
             Ok(mut pubsub) => match pubsub.subscribe(CHANNEL).await {
                 Ok(()) => {
                     delay = Duration::from_millis(100);
+                    let _ = changes.send(RESYNC.to_owned());
                     let mut messages = pubsub.into_on_message();
                     while let Some(message) = messages.next().await {
                         if let Ok(account) = message.get_payload::<String>() {

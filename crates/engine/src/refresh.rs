@@ -157,18 +157,61 @@ impl Refresher {
     /// Refreshes the account (or joins the refresh in flight) and returns it as
     /// stored afterwards.
     pub async fn refresh(self: &Arc<Self>, id: &str, reason: Reason) -> Outcome {
-        let flight = {
+        let (flight, joined) = self.flight(id, reason);
+        let outcome = flight.await;
+        // A forced refresh that joined someone else's flight may have got an
+        // answer that refreshed nothing (that flight did not need to): fly its own.
+        if let (true, Reason::Forced { seen_version }, Ok(account)) = (joined, reason, &outcome) {
+            if account.version == seen_version {
+                return self.flight(id, reason).0.await;
+            }
+        }
+        outcome
+    }
+
+    /// Waits (up to `timeout`) for the refreshes in flight, so that a shutdown
+    /// never abandons one between the vendor rotating a token and the store
+    /// write that keeps it.
+    pub async fn drain(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pending: Vec<_> = self
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, futures_util::future::join_all(pending))
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutting down with token refreshes still in flight");
+                return;
+            }
+        }
+    }
+
+    /// The flight for `id`, and whether it was already in the air.
+    fn flight(self: &Arc<Self>, id: &str, reason: Reason) -> (Shared<BoxFuture<'static, Outcome>>, bool) {
+        {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(id) {
-                Some(flight) => flight.clone(),
+                Some(flight) => (flight.clone(), true),
                 None => {
                     let this = Arc::clone(self);
                     let key = id.to_owned();
-                    // A task, so the refresh completes even if every caller goes away.
+                    // A task, so the refresh completes even if every caller goes
+                    // away; the guard leaves the map even if the task panics.
                     let task = self.runtime.spawn(async move {
-                        let outcome = this.run(&key, reason).await;
-                        this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-                        outcome
+                        let _landed = Landed {
+                            refresher: Arc::clone(&this),
+                            id: key.clone(),
+                        };
+                        this.run(&key, reason).await
                     });
                     let flight = async move {
                         task.await.unwrap_or(Err(RefreshError::Unavailable {
@@ -178,11 +221,10 @@ impl Refresher {
                     .boxed()
                     .shared();
                     inflight.insert(id.to_owned(), flight.clone());
-                    flight
+                    (flight, false)
                 }
             }
-        };
-        flight.await
+        }
     }
 
     fn needed(&self, reason: Reason, account: &Account) -> bool {
@@ -205,8 +247,8 @@ impl Refresher {
             // Subscribe before reading, so a change in between is not missed.
             let mut changes = self.coordinator.changes();
             let account = self.load(id).await?;
-            if account.status != Status::Active {
-                return Err(RefreshError::NeedsReauth);
+            if let Some(refused) = inactive(&account) {
+                return Err(refused);
             }
             if !self.needed(reason, &account) {
                 return Ok(Arc::new(account));
@@ -284,8 +326,8 @@ impl Refresher {
     /// Under the lock: read again, call the vendor, write with compare-and-set.
     async fn locked(&self, id: &str, reason: Reason) -> Outcome {
         let account = self.load(id).await?;
-        if account.status != Status::Active {
-            return Err(RefreshError::NeedsReauth);
+        if let Some(refused) = inactive(&account) {
+            return Err(refused);
         }
         if !self.needed(reason, &account) {
             return Ok(Arc::new(account));
@@ -311,10 +353,7 @@ impl Refresher {
             .transpose()
             .map_err(|error| {
                 tracing::error!(account.id = %account.id, field, %error, "stored credential does not open");
-                TokenError::Rejected {
-                    code: "undecryptable_credential".into(),
-                    status: 0,
-                }
+                TokenError::Local("a stored credential does not open with the configured keys".into())
             })
     }
 
@@ -356,7 +395,7 @@ impl Refresher {
             clients = self.integration_clients(&integration.name);
         }
         if clients.is_empty() {
-            return Err(TokenError::Transient(format!(
+            return Err(TokenError::Local(format!(
                 "client credentials for integration {} are not configured",
                 integration.name
             )));
@@ -413,7 +452,12 @@ impl Refresher {
             _ => None,
         };
         let mut last = None;
-        for client in &clients {
+        let started = std::time::Instant::now();
+        for (attempt, client) in clients.iter().enumerate() {
+            // Another secret only while the lock can outlast one more request.
+            if attempt > 0 && started.elapsed() + self.settings.token_timeout >= self.settings.lock_ttl {
+                break;
+            }
             let grant = match &refresh_token {
                 Some(token) => Grant::RefreshToken(token),
                 None => Grant::ClientCredentials,
@@ -433,54 +477,65 @@ impl Refresher {
         Err(last.unwrap_or(TokenError::InvalidClient { status: 401 }))
     }
 
-    async fn store_tokens(&self, mut account: Account, integration: &Integration, tokens: Tokens) -> Outcome {
+    /// Writes the new tokens. If the account changed since we read it, the new
+    /// tokens are applied onto the current row and written again, as long as
+    /// nobody replaced the credential we spent (an admin edit of metadata, or a
+    /// rekey, must not make us drop a refresh token the vendor already rotated).
+    /// If someone did replace it (a reconnect, or a refresher whose lock we
+    /// outlived), theirs is newer and ours is dropped.
+    async fn store_tokens(&self, account: Account, integration: &Integration, tokens: Tokens) -> Outcome {
         let keyring = self.accounts.keyring();
-        let now = self.clock.now_ms();
-        let mut seal = |field: &str, value: &str| -> Result<(), RefreshError> {
-            let sealed = keyring.seal(&account.id, field, value.as_bytes()).map_err(|error| {
-                tracing::error!(account.id = %account.id, %error, "cannot seal a new token");
-                RefreshError::Unavailable {
-                    retry_after: Duration::from_secs(5),
-                }
-            })?;
-            account.credentials.insert(field.to_owned(), sealed);
+        let id = account.id.clone();
+        let spent = account.credentials.get("refresh_token").cloned();
+        let mut fields = Vec::new();
+        let mut add = |field: &str, value: Option<&str>| -> Result<(), RefreshError> {
+            if let Some(value) = value {
+                let sealed = keyring.seal(&id, field, value.as_bytes()).map_err(|error| {
+                    tracing::error!(account.id = %id, %error, "cannot seal a new token");
+                    RefreshError::Unavailable {
+                        retry_after: Duration::from_secs(5),
+                    }
+                })?;
+                fields.push((field.to_owned(), sealed));
+            }
             Ok(())
         };
-        seal("access_token", tokens.access_token.expose())?;
-        if let Some(refresh) = &tokens.refresh_token {
-            seal("refresh_token", refresh.expose())?;
-        }
-        if let Some(token_type) = &tokens.token_type {
-            seal("token_type", token_type)?;
-        }
-        if let Some(scope) = &tokens.scope {
-            seal("scope", scope)?;
-        }
-        account.expires_at = tokens.expires_at;
-        account.last_refreshed_at = Some(now);
-        account.last_error = None;
-        account.refresh_failures = 0;
-        account.updated_at = now;
-        self.accounts.schedule_refresh(&mut account, integration, now);
-        let id = account.id.clone();
-        match self.accounts.store().update(account, vec![]).await {
-            Ok(stored) => {
-                tracing::info!(account.id = %id, integration = %integration.name, "token refreshed");
-                Ok(Arc::new(stored))
+        add("access_token", Some(tokens.access_token.expose()))?;
+        add("refresh_token", tokens.refresh_token.as_ref().map(|t| t.expose()))?;
+        add("token_type", tokens.token_type.as_deref())?;
+        add("scope", tokens.scope.as_deref())?;
+        let mut current = account;
+        for _ in 0..3 {
+            if current.credentials.get("refresh_token") != spent.as_ref() || current.status != Status::Active {
+                tracing::warn!(account.id = %id, "refresh result discarded: the credential was replaced meanwhile");
+                return Ok(Arc::new(current));
             }
-            Err(StoreError::VersionConflict { .. }) => {
-                // Fenced: someone wrote after we read (our lock must have expired).
-                // Their write wins; ours is dropped.
-                tracing::warn!(account.id = %id, "refresh result discarded: the account changed meanwhile");
-                self.load(&id).await.map(Arc::new)
+            let now = self.clock.now_ms();
+            let mut updated = current.clone();
+            for (field, sealed) in &fields {
+                updated.credentials.insert(field.clone(), sealed.clone());
             }
-            Err(error) => {
-                tracing::error!(account.id = %id, %error, "cannot store refreshed tokens");
-                Err(RefreshError::Unavailable {
-                    retry_after: Duration::from_secs(5),
-                })
+            updated.expires_at = tokens.expires_at;
+            updated.last_refreshed_at = Some(now);
+            updated.last_error = None;
+            updated.refresh_failures = 0;
+            updated.updated_at = now;
+            self.accounts.schedule_refresh(&mut updated, integration, now);
+            match self.accounts.store().update(updated, vec![]).await {
+                Ok(stored) => {
+                    tracing::info!(account.id = %id, integration = %integration.name, "token refreshed");
+                    return Ok(Arc::new(stored));
+                }
+                Err(StoreError::VersionConflict { .. }) => current = self.load(&id).await?,
+                Err(error) => {
+                    tracing::error!(account.id = %id, %error, "cannot store refreshed tokens");
+                    break;
+                }
             }
         }
+        Err(RefreshError::Unavailable {
+            retry_after: Duration::from_secs(5),
+        })
     }
 
     async fn store_failure(&self, account: Account, error: TokenError) -> Outcome {
@@ -490,6 +545,7 @@ impl Refresher {
         // wrong, which would otherwise flip every account of the integration to
         // needs_reauth. It is retried with backoff (and logged) until fixed.
         let dead = matches!(error, TokenError::Auth { .. } | TokenError::Rejected { .. });
+        // (TokenError::Local, credgate's own trouble, is retried like a 5xx.)
         if dead {
             // Another replica may have rotated the refresh token we just spent.
             let current = self.load(&id).await?;
@@ -533,15 +589,57 @@ impl Refresher {
             ),
         };
         tracing::warn!(account.id = %id, %error, failures, retry_in_ms = delay.as_millis() as u64, "refresh failed; will retry");
-        let mut waiting = account;
-        waiting.last_error = Some(error.to_string());
-        waiting.refresh_failures = failures;
-        waiting.next_refresh_at = Some(now + delay.as_millis() as i64);
-        waiting.updated_at = now;
-        let _ = self.accounts.store().update(waiting, vec![]).await;
+        let retry_at = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        // Record the backoff even if the account changed meanwhile, or the
+        // scheduler would call the vendor again on its next tick.
+        let mut current = account;
+        for _ in 0..3 {
+            let mut waiting = current.clone();
+            waiting.last_error = Some(error.to_string());
+            waiting.refresh_failures = failures;
+            waiting.next_refresh_at = Some(retry_at);
+            waiting.updated_at = now;
+            match self.accounts.store().update(waiting, vec![]).await {
+                Err(StoreError::VersionConflict { .. }) => current = self.load(&id).await?,
+                Err(store_error) => {
+                    tracing::error!(account.id = %id, error = %store_error, "cannot record the refresh failure");
+                    break;
+                }
+                Ok(_) => break,
+            }
+        }
         Err(RefreshError::Unavailable {
             retry_after: delay.max(Duration::from_secs(1)),
         })
+    }
+}
+
+/// Removes a finished flight from the map when its task ends, however it ends.
+struct Landed {
+    refresher: Arc<Refresher>,
+    id: String,
+}
+
+impl Drop for Landed {
+    fn drop(&mut self) {
+        self.refresher
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Why an account that is not `active` cannot be refreshed.
+fn inactive(account: &Account) -> Option<RefreshError> {
+    match account.status {
+        Status::Active => None,
+        Status::NeedsReauth => Some(RefreshError::NeedsReauth),
+        // A permanent vendor rejection an operator must look at: same answer the
+        // proxy gives for it from its cache.
+        Status::Error => Some(RefreshError::Unavailable {
+            retry_after: Duration::from_secs(60),
+        }),
     }
 }
 

@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 /// Largest token response read (a token response is a few KiB at most).
 const MAX_RESPONSE: usize = 256 * 1024;
 
-/// What to ask the token endpoint for.
-#[derive(Debug)]
+/// What to ask the token endpoint for. `Debug` names the grant only: the code and
+/// the PKCE verifier are secrets.
 pub enum Grant<'a> {
     RefreshToken(&'a SecretString),
     ClientCredentials,
@@ -32,6 +32,16 @@ pub enum Grant<'a> {
         verifier: Option<&'a str>,
         redirect_uri: &'a str,
     },
+}
+
+impl std::fmt::Debug for Grant<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RefreshToken(_) => "RefreshToken([redacted])",
+            Self::ClientCredentials => "ClientCredentials",
+            Self::AuthorizationCode { .. } => "AuthorizationCode([redacted])",
+        })
+    }
 }
 
 /// The client credentials used to authenticate at the token endpoint.
@@ -73,8 +83,13 @@ pub enum TokenError {
     /// 5xx, a timeout, a network error or an unreadable answer: retry with backoff.
     #[error("transient token endpoint failure: {0}")]
     Transient(String),
-    /// Another 4xx (`invalid_request`, `invalid_scope`, …): configuration or
-    /// consent trouble that retrying will not fix.
+    /// Trouble on credgate's side (a credential that does not open, client
+    /// credentials or a token URL not configured): retried with backoff, never
+    /// blamed on the customer.
+    #[error("{0}")]
+    Local(String),
+    /// Another 4xx with an OAuth error code (`invalid_request`, `invalid_scope`,
+    /// …): trouble with the grant that retrying will not fix.
     #[error("the vendor rejected the token request ({code}, HTTP {status})")]
     Rejected { code: String, status: u16 },
 }
@@ -106,16 +121,15 @@ impl TokenClient {
         now_ms: i64,
     ) -> Result<Tokens, TokenError> {
         let Some(config) = integration.credentials.config.as_ref() else {
-            return Err(TokenError::Rejected {
-                code: "no_oauth_config".into(),
-                status: 0,
-            });
+            return Err(TokenError::Local(format!(
+                "integration {} has no OAuth config",
+                integration.name
+            )));
         };
         let Some(url) = integration.token_url(metadata) else {
-            return Err(TokenError::Rejected {
-                code: "no_token_url_for_this_metadata".into(),
-                status: 0,
-            });
+            return Err(TokenError::Local(
+                "no token URL: the account's metadata is missing or does not match its pattern".into(),
+            ));
         };
         let options = &config.options;
         // Zeroizing: the parameters hold the refresh token and maybe the secret.
@@ -233,10 +247,7 @@ impl TokenClient {
         });
         let request = request
             .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-            .map_err(|_| TokenError::Rejected {
-                code: "bad_token_url".into(),
-                status: 0,
-            })?;
+            .map_err(|_| TokenError::Local("the token URL is not valid".into()))?;
         tokio::time::timeout(self.timeout, async {
             let response = self
                 .http
@@ -302,14 +313,26 @@ pub fn parse_response(
         .as_ref()
         .is_some_and(|o| o.get("access_token").and_then(Value::as_str).is_some());
     if !status.is_success() || (error_code.is_some() && !has_token) {
-        let error = error_code.unwrap_or_else(|| "unknown".into());
+        let Some(error) = error_code else {
+            // No OAuth error code: a 401 still means the grant is refused; any
+            // other answer (a proxy's 403 page, a 404 from a wrong path, a
+            // redirect) says nothing about the grant and is retried.
+            return Err(if code == 401 {
+                TokenError::Auth {
+                    code: "unauthorized".into(),
+                    status: code,
+                }
+            } else {
+                TokenError::Transient(format!("HTTP {code} without an OAuth error"))
+            });
+        };
         return Err(match (error.as_str(), code) {
             ("invalid_client", _) => TokenError::InvalidClient { status: code },
             ("invalid_grant" | "unauthorized_client", _) | (_, 401) => TokenError::Auth {
                 code: error,
                 status: code,
             },
-            ("slow_down" | "temporarily_unavailable", _) => TokenError::Transient(error),
+            ("slow_down" | "temporarily_unavailable" | "server_error", _) => TokenError::Transient(error),
             _ => TokenError::Rejected {
                 code: error,
                 status: code,

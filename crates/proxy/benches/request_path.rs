@@ -22,7 +22,12 @@ fn request_path(c: &mut Criterion) {
     );
     let ring = Arc::new(Keyring::new(vec![(KeyId::new("k1").unwrap(), Key::generate())]).unwrap());
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
-    let cache = AccountCache::new(Arc::clone(&store), Arc::clone(&integrations), 100_000);
+    let cache = AccountCache::new(
+        Arc::clone(&store),
+        Arc::clone(&integrations),
+        100_000,
+        std::time::Duration::from_secs(3600),
+    );
     runtime.block_on(async {
         for i in 0..1000 {
             let id = format!("acct-{i}");

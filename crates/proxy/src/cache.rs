@@ -5,8 +5,10 @@
 //! Admin writes invalidate by id. A generation counter makes a load that raced an
 //! invalidation discard its result instead of caching stale data.
 //!
-//! Within one process this is exact. Across replicas (or another process sharing
-//! the SQLite file) invalidation needs Redis pub/sub, which the lifecycle work adds.
+//! Within one process this is exact. Across replicas, invalidations arrive over
+//! Redis pub/sub, which delivers at most once; so entries also expire after a
+//! bounded age (`max_age`), which caps how long a lost message can leave a stale
+//! copy (a deleted key, an old token) in use.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,8 @@ pub struct Entry {
     pub account: Account,
     pub integration: Arc<Integration>,
     pub origins: Vec<Origin>,
+    /// When this copy was read from the store.
+    pub loaded: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -35,16 +39,23 @@ pub struct AccountCache {
     /// Bumped by every invalidation.
     generation: AtomicU64,
     capacity: usize,
+    max_age: std::time::Duration,
 }
 
 impl AccountCache {
-    pub fn new(store: Arc<dyn Store>, integrations: Arc<Integrations>, capacity: usize) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        integrations: Arc<Integrations>,
+        capacity: usize,
+        max_age: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             integrations,
             entries: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             capacity: capacity.max(1),
+            max_age,
         }
     }
 
@@ -52,7 +63,9 @@ impl AccountCache {
     /// integration is no longer configured.
     pub async fn get(&self, id: &str) -> Result<Option<Arc<Entry>>, StoreError> {
         if let Some(entry) = self.read().get(id) {
-            return Ok(Some(Arc::clone(entry)));
+            if entry.loaded.elapsed() < self.max_age {
+                return Ok(Some(Arc::clone(entry)));
+            }
         }
         let generation = self.generation.load(Ordering::Acquire);
         let Some(account) = self.store.get(id).await? else {
@@ -66,6 +79,7 @@ impl AccountCache {
             origins: origins(&integration, &account.metadata),
             account,
             integration,
+            loaded: std::time::Instant::now(),
         });
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(Ordering::Acquire) == generation {
@@ -88,6 +102,7 @@ impl AccountCache {
             origins: origins(&integration, &account.metadata),
             account,
             integration,
+            loaded: std::time::Instant::now(),
         });
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         match entries.get(&entry.account.id) {

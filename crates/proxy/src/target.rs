@@ -127,6 +127,7 @@ impl Target {
                 // Never downgrade: an https request may only go to an https origin.
                 && (self.scheme == origin.scheme || self.scheme == Scheme::HTTP)
                 && under(self.path_and_query.path(), &origin.path)
+                && (origin.path.is_empty() || !ambiguous(self.path_and_query.path()))
         })
     }
 
@@ -196,24 +197,36 @@ fn under(path: &str, prefix: &str) -> bool {
         || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
 }
 
-/// `.` and `..` segments, also percent-encoded: an origin would resolve them and
-/// could escape a base URL's path prefix.
+/// Characters some origins read as a path separator although `/` is the only
+/// one: `\` (IIS, WHATWG parsers) and an encoded slash or backslash (servers
+/// that decode before resolving dot segments). Refused when the origin has a path
+/// prefix to stay under; elsewhere they are legitimate (GitLab's `group%2Fproject`).
+fn ambiguous(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains('\\') || lower.contains("%2f") || lower.contains("%5c")
+}
+
+/// `.` and `..` segments, also percent-encoded or with `;` parameters (Tomcat reads
+/// `..;` as `..`): an origin would resolve them and could escape a base URL's path
+/// prefix.
 fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        // Strip one dot (literal or `%2e`, any case) at a time; a dot segment is one
-        // or two dots and nothing else.
-        let mut rest = segment.as_bytes();
-        let mut dots = 0;
-        while !rest.is_empty() {
-            rest = match rest {
-                [b'.', tail @ ..] => tail,
-                [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
-                _ => return false,
-            };
-            dots += 1;
-        }
-        dots == 1 || dots == 2
-    })
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .any(|segment| {
+            // Strip one dot (literal or `%2e`, any case) at a time; a dot segment is one
+            // or two dots and nothing else.
+            let mut rest = segment.as_bytes();
+            let mut dots = 0;
+            while !rest.is_empty() {
+                rest = match rest {
+                    [b'.', tail @ ..] => tail,
+                    [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+                    _ => return false,
+                };
+                dots += 1;
+            }
+            dots == 1 || dots == 2
+        })
 }
 
 #[cfg(test)]
@@ -273,6 +286,24 @@ mod tests {
         assert!(exact.find_origin(&origins).is_some());
         let sibling = Target::from_request(&request("http://example.com/apix", None)).unwrap();
         assert!(sibling.find_origin(&origins).is_none());
+        for escape in [
+            "http://example.com/api/..;/admin",
+            "http://example.com/api/..%2fadmin",
+            "http://example.com/api/x%5C..%5Cadmin",
+        ] {
+            let found = Target::from_request(&request(escape, None))
+                .ok()
+                .and_then(|t| t.find_origin(&origins).cloned());
+            assert!(found.is_none(), "{escape}");
+        }
+        // Without a path prefix there is nothing to escape: encoded slashes pass.
+        let root = [origin("https://gitlab.example.com")];
+        let t = Target::from_request(&request(
+            "http://gitlab.example.com/api/v4/projects/group%2Fproject",
+            None,
+        ))
+        .unwrap();
+        assert!(t.find_origin(&root).is_some());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum Fault {
     InvalidClient,
     /// Never answers (until the endpoint is dropped).
     Hang,
+    /// Waits until the `Notify` is notified, then answers normally.
+    Held(Arc<Notify>),
 }
 
 /// One request as the endpoint saw it.
@@ -176,6 +178,7 @@ async fn answer(request: Request<Incoming>, state: Arc<Mutex<State>>, arrived: A
     arrived.notify_waiters();
     match fault {
         Some(Fault::Hang) => std::future::pending().await,
+        Some(Fault::Held(release)) => release.notified().await,
         Some(Fault::Status(code)) => return reply(code, json!({ "error": "server_error" }), None),
         Some(Fault::RateLimited(secs)) => return reply(429, json!({ "error": "slow_down" }), Some(secs)),
         Some(Fault::InvalidGrant) => return reply(400, json!({ "error": "invalid_grant" }), None),

@@ -325,3 +325,32 @@ async fn client_credentials_accounts_fetch_their_token_when_created_without_one(
     assert_eq!(call.authorization.as_deref(), Some(format!("Basic {basic}").as_str()));
     assert!(account.next_refresh_at.is_some(), "re-fetched before it expires");
 }
+
+/// An admin edit lands while the vendor is rotating the token: the new tokens are
+/// applied onto the edited row, not dropped (the spent refresh token is dead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_edit_does_not_lose_a_rotated_token() {
+    let f = Fixture::new().await;
+    f.endpoint.seed("rt-0");
+    let release = Arc::new(tokio::sync::Notify::new());
+    f.endpoint.fail_next([Fault::Held(Arc::clone(&release))]);
+    let refresher = f.replica(fast(), None).await;
+    create(&refresher, "acme", 0).await;
+    // Registered before the request can arrive, so its notification is not missed.
+    let arrived = f.endpoint.arrived.notified();
+    tokio::pin!(arrived);
+    arrived.as_mut().enable();
+    let flight = {
+        let r = Arc::clone(&refresher);
+        tokio::spawn(async move { r.refresh("acme", Reason::Expiring).await })
+    };
+    tokio::time::timeout(Duration::from_secs(10), arrived).await.unwrap();
+    let patch: PatchAccount = serde_json::from_value(json!({ "metadata": { "team": "blue" } })).unwrap();
+    refresher.accounts().patch("acme", patch).await.unwrap();
+    release.notify_one();
+    let account = flight.await.unwrap().unwrap();
+    assert_eq!(opened(&refresher, &account, "refresh_token"), "rt-1");
+    let stored = refresher.accounts().store().get("acme").await.unwrap().unwrap();
+    assert_eq!(opened(&refresher, &stored, "refresh_token"), "rt-1");
+    assert_eq!(stored.metadata["team"], "blue");
+}

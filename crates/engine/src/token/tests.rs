@@ -89,7 +89,10 @@ fn errors_are_classified_by_what_to_do_next() {
         parse(&i, 400, json!({ "error": "unauthorized_client" })).unwrap_err(),
         auth("unauthorized_client", 400)
     );
-    assert_eq!(parse(&i, 401, json!({})).unwrap_err(), auth("unknown", 401));
+    assert_eq!(parse(&i, 401, json!({})).unwrap_err(), auth("unauthorized", 401));
+    // A 4xx without an OAuth error (a WAF page, a wrong path) is not about the grant.
+    assert!(matches!(parse(&i, 403, json!("<html>")), Err(TokenError::Transient(_))));
+    assert!(matches!(parse(&i, 404, json!({})), Err(TokenError::Transient(_))));
     assert_eq!(
         parse(&i, 401, json!({ "error": "invalid_client" })).unwrap_err(),
         TokenError::InvalidClient { status: 401 }
@@ -255,6 +258,6 @@ async fn token_urls_template_declared_metadata() {
         .request(&i, &bad, Grant::ClientCredentials, &auth, NOW)
         .await
         .unwrap_err();
-    assert!(matches!(error, TokenError::Rejected { .. }), "{error:?}");
+    assert!(matches!(error, TokenError::Local(_)), "{error:?}");
     assert_eq!(endpoint.count("client_credentials"), 1);
 }
