@@ -224,16 +224,21 @@ impl Proxy {
         let Some((_, mut entry)) = credential else {
             let body = Either::Left(body);
             let response = self
-                .dispatch(&parts.method, target, &origin, &headers, None, body)
+                .dispatch(&parts.method, target, &origin, headers, None, body)
                 .await?;
             return Ok(finish(response, None));
         };
         // The app's own credential never reaches the vendor.
         headers.remove(header::AUTHORIZATION);
-        let (body, replay) = RequestBody::read(body, &headers, self.replay_limit).await?;
+        // Only an OAuth credential can be refreshed and the request replayed; only
+        // then are the body and the headers kept for a second attempt.
+        let replayable = self.freshness.is_some() && entry.integration.credentials.format.is_oauth();
+        let limit = if replayable { self.replay_limit } else { 0 };
+        let (body, replay) = RequestBody::read(body, &headers, limit).await?;
+        let kept_headers = replay.as_ref().filter(|_| replayable).map(|_| headers.clone());
         let injection = inject::render(&entry.account, &entry.integration, &self.keyring)?;
         let mut response = self
-            .dispatch(&parts.method, target, &origin, &headers, Some(injection), body)
+            .dispatch(&parts.method, target, &origin, headers, Some(injection), body)
             .await?;
         if response.status() == http::StatusCode::UNAUTHORIZED {
             if let Some(freshness) = &self.freshness {
@@ -241,12 +246,12 @@ impl Proxy {
                 match freshness.refresh(Arc::clone(&entry), Some(refused)).await {
                     Ok(fresh) if fresh.account.version != refused => {
                         entry = fresh;
-                        if let Some(replay) = replay {
+                        if let (Some(replay), Some(headers)) = (replay, kept_headers) {
                             tracing::info!(account.id = %entry.account.id, "vendor refused the token; refreshed and retrying once");
                             let injection = inject::render(&entry.account, &entry.integration, &self.keyring)?;
                             let body = Either::Right(Full::new(replay));
                             response = self
-                                .dispatch(&parts.method, target, &origin, &headers, Some(injection), body)
+                                .dispatch(&parts.method, target, &origin, headers, Some(injection), body)
                                 .await?;
                         }
                     }
@@ -265,7 +270,7 @@ impl Proxy {
         method: &Method,
         target: &Target,
         origin: &target::Origin,
-        headers: &HeaderMap,
+        headers: HeaderMap,
         injection: Option<Injection>,
         body: ProxyBody,
     ) -> Result<Response<Incoming>, ProxyError> {
@@ -277,7 +282,7 @@ impl Proxy {
         *request.method_mut() = method.clone();
         *request.uri_mut() = target.upstream_uri(origin, query)?;
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = headers.clone();
+        *request.headers_mut() = headers;
         if let Some(Injection::Header(name, value)) = injection {
             request.headers_mut().insert(name, value);
         }
