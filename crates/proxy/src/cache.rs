@@ -71,25 +71,13 @@ impl AccountCache {
         let Some(account) = self.store.get(id).await? else {
             return Ok(None);
         };
-        let Some(integration) = self.integrations.get(&account.integration).cloned() else {
-            tracing::warn!(account.id = id, integration = %account.integration, "account's integration is not configured");
+        let Some(entry) = self.entry(account) else {
+            tracing::warn!(account.id = id, "account's integration is not configured");
             return Ok(None);
         };
-        let entry = Arc::new(Entry {
-            origins: origins(&integration, &account.metadata),
-            account,
-            integration,
-            loaded: std::time::Instant::now(),
-        });
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(Ordering::Acquire) == generation {
-            if entries.len() >= self.capacity {
-                // Crude but bounded: drop an arbitrary entry; it reloads on next use.
-                if let Some(victim) = entries.keys().next().cloned() {
-                    entries.remove(&victim);
-                }
-            }
-            entries.insert(id.to_owned(), Arc::clone(&entry));
+            self.insert(&mut entries, Arc::clone(&entry));
         }
         Ok(Some(entry))
     }
@@ -97,21 +85,37 @@ impl AccountCache {
     /// Caches a copy of an account known to be current (e.g. just refreshed),
     /// unless a newer version is cached already. Returns the entry to use.
     pub fn put(&self, account: Account) -> Option<Arc<Entry>> {
+        let entry = self.entry(account)?;
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        match entries.get(&entry.account.id) {
+            Some(cached) if cached.account.version > entry.account.version => Some(Arc::clone(cached)),
+            _ => {
+                self.insert(&mut entries, Arc::clone(&entry));
+                Some(entry)
+            }
+        }
+    }
+
+    /// Derives what the proxy needs from a freshly read account.
+    fn entry(&self, account: Account) -> Option<Arc<Entry>> {
         let integration = self.integrations.get(&account.integration).cloned()?;
-        let entry = Arc::new(Entry {
+        Some(Arc::new(Entry {
             origins: origins(&integration, &account.metadata),
             account,
             integration,
             loaded: std::time::Instant::now(),
-        });
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        match entries.get(&entry.account.id) {
-            Some(cached) if cached.account.version >= entry.account.version => Some(Arc::clone(cached)),
-            _ => {
-                entries.insert(entry.account.id.clone(), Arc::clone(&entry));
-                Some(entry)
+        }))
+    }
+
+    /// Inserts within the capacity bound.
+    fn insert(&self, entries: &mut HashMap<String, Arc<Entry>>, entry: Arc<Entry>) {
+        if entries.len() >= self.capacity && !entries.contains_key(&entry.account.id) {
+            // Crude but bounded: drop an arbitrary entry; it reloads on next use.
+            if let Some(victim) = entries.keys().next().cloned() {
+                entries.remove(&victim);
             }
         }
+        entries.insert(entry.account.id.clone(), entry);
     }
 
     pub fn invalidate(&self, id: &str) {
@@ -137,5 +141,68 @@ impl AccountCache {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Entry>>> {
         self.entries.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use credgate_store::{SqliteStore, Status};
+
+    use super::*;
+
+    fn account(id: &str, version: i64) -> Account {
+        Account {
+            id: id.to_owned(),
+            integration: "stripe".into(),
+            credentials: BTreeMap::new(),
+            metadata: Default::default(),
+            status: Status::Active,
+            last_error: None,
+            expires_at: None,
+            next_refresh_at: None,
+            last_refreshed_at: None,
+            version,
+            created_at: 0,
+            updated_at: 0,
+            refresh_failures: 0,
+        }
+    }
+
+    fn cache(capacity: usize, max_age: Duration) -> (tempfile::TempDir, AccountCache) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        let integrations = credgate_config::load_integrations(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/integrations"),
+        )
+        .unwrap();
+        (dir, AccountCache::new(store, Arc::new(integrations), capacity, max_age))
+    }
+
+    #[tokio::test]
+    async fn put_keeps_the_newest_version_within_capacity() {
+        let (_dir, cache) = cache(2, Duration::from_secs(60));
+        cache.put(account("a", 2)).unwrap();
+        assert_eq!(
+            cache.put(account("a", 1)).unwrap().account.version,
+            2,
+            "an older copy never wins"
+        );
+        cache.put(account("b", 1)).unwrap();
+        cache.put(account("c", 1)).unwrap();
+        assert_eq!(cache.len(), 2, "capacity holds for put too");
+        let mut unknown = account("d", 1);
+        unknown.integration = "gone".into();
+        assert!(cache.put(unknown).is_none());
+    }
+
+    #[tokio::test]
+    async fn entries_older_than_max_age_are_read_again() {
+        let (_dir, cache) = cache(10, Duration::ZERO);
+        cache.put(account("a", 1)).unwrap();
+        // Not in the store: once the cached copy is too old, the answer is the store's.
+        assert!(cache.get("a").await.unwrap().is_none());
     }
 }
