@@ -234,8 +234,12 @@ fn proxy(
     let settings = &config.server.proxy;
     let app_keys =
         AppKeys::from_config(&settings.app_keys, &OsEnv).map_err(|e| Failure::new(Code::Config, e.to_string()))?;
-    let client = credgate_proxy::upstream::client(settings.allow_private_upstreams, settings.extra_ca_file.as_deref())
-        .map_err(|e| Failure::new(Code::Config, format!("proxy: {e}")))?;
+    let client = credgate_proxy::upstream::Client::new(
+        settings.allow_private_upstreams,
+        settings.extra_ca_file.as_deref(),
+        settings.upstream_timeout,
+    )
+    .map_err(|e| Failure::new(Code::Config, format!("proxy: {e}")))?;
     Ok(Proxy {
         cache: Arc::clone(cache),
         keyring: accounts.keyring_arc(),

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use credgate_crypto::Keyring;
 use credgate_listener::Limits;
 use credgate_store::Status;
-use http::{header, HeaderMap, Method, Request, Response, Version};
+use http::{header, HeaderMap, Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
@@ -35,10 +35,10 @@ pub use cache::{AccountCache, Entry};
 pub use error::{Origin as ErrorOrigin, ProxyError};
 use inject::Injection;
 use target::Target;
-pub use upstream::UpstreamClient;
+use upstream::{RequestBody, ResponseBody, UpstreamError};
 
 /// Responses are the vendor's body streamed through, or our own small JSON body.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
 
 /// Keeps OAuth credentials fresh: the seam where the lifecycle engine plugs in.
 /// Without one, the stored token is used as it is.
@@ -67,7 +67,8 @@ pub struct Proxy {
     pub keyring: Arc<Keyring>,
     pub integrations: Arc<credgate_config::Integrations>,
     pub app_keys: AppKeys,
-    pub client: UpstreamClient,
+    /// This worker's pooled upstream client (its timeout bounds each exchange).
+    pub client: upstream::Client,
     pub passthrough: bool,
     pub allow_private_upstreams: bool,
     pub upstream_timeout: Duration,
@@ -234,7 +235,7 @@ impl Proxy {
         // then are the body and the headers kept for a second attempt.
         let replayable = self.freshness.is_some() && entry.integration.credentials.format.is_oauth();
         let limit = if replayable { self.replay_limit } else { 0 };
-        let (body, replay) = RequestBody::read(body, &headers, limit).await?;
+        let (body, replay) = read_for_replay(body, &headers, limit).await?;
         let kept_headers = replay.as_ref().filter(|_| replayable).map(|_| headers.clone());
         let injection = inject::render(&entry.account, &entry.integration, &self.keyring)?;
         let mut response = self
@@ -272,8 +273,8 @@ impl Proxy {
         origin: &target::Origin,
         headers: HeaderMap,
         injection: Option<Injection>,
-        body: ProxyBody,
-    ) -> Result<Response<Incoming>, ProxyError> {
+        body: RequestBody,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         let query = match &injection {
             Some(Injection::Query(pair)) => Some(pair.as_str()),
             _ => None,
@@ -281,29 +282,23 @@ impl Proxy {
         let mut request = Request::new(body);
         *request.method_mut() = method.clone();
         *request.uri_mut() = target.upstream_uri(origin, query)?;
-        *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         if let Some(Injection::Header(name, value)) = injection {
             request.headers_mut().insert(name, value);
         }
-        match tokio::time::timeout(self.upstream_timeout, self.client.request(request)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(self.upstream_timeout.as_secs())),
-            Ok(Err(error)) => {
-                if upstream::refused_by_policy(&error) {
-                    return Err(ProxyError::HostNotAllowed(format!(
-                        "{} resolves to a private address (set proxy.allow_private_upstreams to allow it)",
-                        origin.host
-                    )));
-                }
-                Err(ProxyError::UpstreamUnreachable(error_chain(&error)))
-            }
-            Ok(Ok(response)) => Ok(response),
-        }
+        self.client.send(origin, request).await.map_err(|error| match error {
+            UpstreamError::PrivateAddress { .. } => ProxyError::HostNotAllowed(format!(
+                "{} resolves to a private address (set proxy.allow_private_upstreams to allow it)",
+                origin.host
+            )),
+            UpstreamError::Timeout(timeout) => ProxyError::UpstreamTimeout(timeout.as_secs()),
+            error => ProxyError::UpstreamUnreachable(error_chain(&error)),
+        })
     }
 }
 
 /// The vendor's response as the caller gets it.
-fn finish(response: Response<Incoming>, entry: Option<&Entry>) -> Response<ProxyBody> {
+fn finish(response: Response<ResponseBody>, entry: Option<&Entry>) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let mapping = entry.and_then(|e| e.integration.rate_limit.as_ref());
@@ -311,34 +306,33 @@ fn finish(response: Response<Incoming>, entry: Option<&Entry>) -> Response<Proxy
     Response::from_parts(parts, Either::Left(body))
 }
 
-/// A request body, kept in memory when small enough to replay.
-struct RequestBody;
-
-impl RequestBody {
-    /// Returns the body to send first and, when it was small enough to keep, a
-    /// copy to replay. Bodies without a declared length, or larger than `limit`,
-    /// stream through and cannot be replayed.
-    async fn read(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<(ProxyBody, Option<Bytes>), ProxyError> {
-        use http_body_util::BodyExt;
-        use hyper::body::Body;
-        if body.is_end_stream() {
-            return Ok((Either::Right(Full::new(Bytes::new())), Some(Bytes::new())));
+/// Returns the request body to send first and, when it was small enough to keep
+/// (at most `limit`), a copy to replay. Bodies without a declared length, or
+/// larger than `limit`, stream through and cannot be replayed.
+async fn read_for_replay(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<(RequestBody, Option<Bytes>), ProxyError> {
+    use http_body_util::BodyExt;
+    use hyper::body::Body;
+    if body.is_end_stream() {
+        return Ok((Either::Right(Full::new(Bytes::new())), Some(Bytes::new())));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(length) if length <= limit => {
+            let bytes = http_body_util::Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|_| ProxyError::BadRequest("the request body could not be read".into()))?
+                .to_bytes();
+            Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
         }
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        match declared {
-            Some(length) if length <= limit => {
-                let bytes = http_body_util::Limited::new(body, limit)
-                    .collect()
-                    .await
-                    .map_err(|_| ProxyError::BadRequest("the request body could not be read".into()))?
-                    .to_bytes();
-                Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
-            }
-            _ => Ok((Either::Left(body), None)),
-        }
+        _ => Ok((Either::Left(body), None)),
     }
 }
 

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use credgate_config::Integration;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, Request, Uri};
+use http::{header, HeaderValue, Request, Uri};
 use serde_json::{Map, Value};
 
 use crate::ProxyError;
@@ -36,6 +36,8 @@ pub struct Origin {
     pub path: String,
     /// `host[:port]` as sent upstream, built once per account load.
     pub authority: Authority,
+    /// The same, as the `Host` header HTTP/1 requests carry.
+    pub host_header: HeaderValue,
 }
 
 impl Origin {
@@ -52,6 +54,7 @@ impl Origin {
             format!("{bracketed}:{port}")
         };
         Some(Self {
+            host_header: HeaderValue::from_str(&authority).ok()?,
             authority: authority.parse().ok()?,
             scheme,
             host,
@@ -133,17 +136,6 @@ impl Target {
 
     /// The URI to send upstream: the origin's scheme and port, the request's path.
     pub fn upstream_uri(&self, origin: &Origin, extra_query: Option<&str>) -> Result<Uri, ProxyError> {
-        let default_port = if origin.scheme == Scheme::HTTPS { 443 } else { 80 };
-        let host = if origin.host.contains(':') {
-            format!("[{}]", origin.host)
-        } else {
-            origin.host.clone()
-        };
-        let authority = if origin.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", origin.port)
-        };
         let path_and_query = match extra_query {
             None => self.path_and_query.as_str().to_owned(),
             Some(extra) => match self.path_and_query.query() {
@@ -155,7 +147,7 @@ impl Target {
         };
         Uri::builder()
             .scheme(origin.scheme.clone())
-            .authority(authority)
+            .authority(origin.authority.clone())
             .path_and_query(path_and_query)
             .build()
             .map_err(|_| ProxyError::BadRequest("cannot build the upstream URI".into()))
