@@ -100,9 +100,6 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         max_header_bytes: settings.max_header_bytes,
         ..Limits::default()
     };
-    let proxy_listener = proxy_listener
-        .into_std()
-        .map_err(|e| Failure::new(Code::Failure, format!("proxy listener: {e}")))?;
     let workers = credgate_proxy::serve_per_thread(proxy_listener, proxies, limits, shutdown_rx.clone())
         .map_err(|e| Failure::new(Code::Failure, format!("cannot start proxy workers: {e}")))?;
     let admin_task = tokio::spawn(credgate_admin::serve(admin_listener, state, shutdown_rx.clone()));

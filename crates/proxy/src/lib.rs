@@ -380,52 +380,58 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Serves the proxy on `threads` OS threads, each running its own single-threaded
-/// runtime with its own accept loop and its own upstream connection pool (one
-/// [`Proxy`] each, from `proxies`).
+/// Serves the proxy on one OS thread per [`Proxy`] in `proxies`, each running its
+/// own single-threaded runtime with its own serve loop and upstream pool. An
+/// acceptor task on the calling runtime hands connections to the threads in turn
+/// ([`credgate_listener::distribute`]). Must be called within a tokio runtime.
 ///
 /// Why not one work-stealing runtime: a proxied request is two connections (client
 /// and vendor) whose tasks wake each other for every request. On a shared runtime
 /// those wake-ups often cross threads (a futex and an IPI each); on a thread per
 /// core they stay on one thread, as in nginx's worker model. Measured on the
-/// 2-core benchmark machine: see the README. All threads accept on one listening
-/// socket; the account cache and keyring are shared.
+/// 2-core benchmark machine: see the README. The account cache and keyring are
+/// shared.
 pub fn serve_per_thread(
-    listener: std::net::TcpListener,
+    listener: TcpListener,
     proxies: Vec<Proxy>,
     limits: Limits,
     shutdown: watch::Receiver<()>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    listener.set_nonblocking(true)?;
+    /// Connections handed to a worker that has not started serving them yet.
+    const HANDOFF_QUEUE: usize = 128;
     let threads = proxies.len().max(1);
     let per_thread = Limits {
         max_connections: limits.max_connections.div_ceil(threads),
         ..limits
     };
     let mut handles = Vec::with_capacity(threads);
+    let mut workers = Vec::with_capacity(threads);
     for (i, proxy) in proxies.into_iter().enumerate() {
-        let listener = listener.try_clone()?;
+        let (handoff, connections) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
+        workers.push(handoff);
         let (limits, shutdown) = (per_thread.clone(), shutdown.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let handle = std::thread::Builder::new()
             .name(format!("credgate-proxy-{i}"))
             .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => serve(listener, Arc::new(proxy), limits, shutdown).await,
-                        Err(error) => tracing::error!(%error, "proxy worker cannot use the listener"),
-                    }
-                });
+                let connections = credgate_listener::Connections::Handoff(connections);
+                runtime.block_on(serve(connections, Arc::new(proxy), limits, shutdown));
             })?;
         handles.push(handle);
     }
+    tokio::spawn(credgate_listener::distribute(listener, workers, shutdown));
     Ok(handles)
 }
 
-/// Serves the proxy on `listener` until `shutdown` changes, then drains.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, limits: Limits, shutdown: watch::Receiver<()>) {
+/// Serves the proxy on `connections` until `shutdown` changes, then drains.
+pub async fn serve(
+    connections: impl Into<credgate_listener::Connections>,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    shutdown: watch::Receiver<()>,
+) {
     credgate_listener::serve(
-        listener,
+        connections,
         limits,
         |_peer| {
             let proxy = Arc::clone(&proxy);

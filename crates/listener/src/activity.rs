@@ -1,0 +1,232 @@
+//! Per-connection request accounting for the header-read (idle) timeout.
+//!
+//! A connection is *idle* while no request is in flight: from the accept, and from
+//! the moment a response body is dropped (hyper drops it when it has been written
+//! or the exchange failed) until the next request head is complete and the service
+//! is called. An idle connection gets `timeout` to produce that head, after which it
+//! is closed; busy connections are never cut off by this timer.
+//!
+//! The service wrapper only updates two atomics per request. The connection's one
+//! timer is consulted when it fires: then it either closes the connection or moves
+//! the deadline to where the current idle period ends.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::service::Service;
+use hyper::Response;
+use tokio::time::Instant;
+
+/// Requests in flight on one connection and when it last became idle.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `opened` at which the current idle period began.
+    idle_since_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        })
+    }
+
+    /// Wraps a connection's service so that its requests are counted.
+    pub(crate) fn track<S>(self: &Arc<Self>, inner: S) -> Tracked<S> {
+        Tracked {
+            inner,
+            activity: Arc::clone(self),
+        }
+    }
+
+    /// Drives `connection` to its end, or drops it (closing the socket) once it has
+    /// been idle for `timeout`; `None` means it was closed for being idle.
+    pub(crate) async fn close_when_idle<F: Future>(&self, connection: F, timeout: Duration) -> Option<F::Output> {
+        let mut connection = pin!(connection);
+        let mut timer = pin!(tokio::time::sleep(timeout));
+        loop {
+            tokio::select! {
+                output = &mut connection => return Some(output),
+                () = &mut timer => match self.idle_deadline(timeout) {
+                    Some(deadline) if deadline <= Instant::now() => return None,
+                    Some(deadline) => timer.as_mut().reset(deadline),
+                    None => timer.as_mut().reset(Instant::now() + timeout),
+                },
+            }
+        }
+    }
+
+    /// When the current idle period times out; `None` while a request is in flight.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let idle_since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(self.opened + idle_since + timeout)
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(Arc::clone(self))
+    }
+}
+
+/// One request in flight; dropping it ends the request.
+#[derive(Debug)]
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        // Written before the count drops so the timer never sees a stale start.
+        let now = activity.opened.elapsed().as_millis() as u64;
+        activity.idle_since_ms.fetch_max(now, Ordering::AcqRel);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A service whose requests are counted from the call until the response body is
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, R, B> Service<R> for Tracked<S>
+where
+    S: Service<R, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, request: R) -> Self::Future {
+        let busy = self.activity.begin();
+        TrackedFuture {
+            inner: self.inner.call(request),
+            busy: Some(busy),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's future, holding the request's [`Busy`] until the response.
+    pub(crate) struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        busy: Option<Busy>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        let busy = this.busy.take();
+        Poll::Ready(output.map(|response| response.map(|inner| TrackedBody { inner, _busy: busy })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its request when dropped.
+    pub(crate) struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _busy: Option<Busy>,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every call with a small body.
+    struct Answer;
+
+    impl Service<()> for Answer {
+        type Response = Response<String>;
+        type Error = ();
+        type Future = std::future::Ready<Result<Response<String>, ()>>;
+
+        fn call(&self, (): ()) -> Self::Future {
+            std::future::ready(Ok(Response::new(String::from("ok"))))
+        }
+    }
+
+    fn service(activity: &Arc<Activity>) -> Tracked<Answer> {
+        activity.track(Answer)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_the_timeout() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        let closed = activity
+            .close_when_idle(std::future::pending::<()>(), Duration::from_secs(10))
+            .await;
+        assert!(closed.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_is_not_closed_and_idleness_counts_from_the_last_response() {
+        let activity = Activity::new();
+        let service = service(&activity);
+        let started = Instant::now();
+        let watcher = {
+            let activity = Arc::clone(&activity);
+            tokio::spawn(async move {
+                activity
+                    .close_when_idle(std::future::pending::<()>(), Duration::from_secs(10))
+                    .await
+            })
+        };
+        // A request whose response body lives for 25 s, then is dropped.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let response = service.call(()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(!watcher.is_finished(), "closed while a response was in flight");
+        drop(response);
+        assert!(watcher.await.unwrap().is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(40), "30 s busy, then 10 s idle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_ends_by_itself_is_returned() {
+        let activity = Activity::new();
+        let output = activity.close_when_idle(async { 7 }, Duration::from_secs(10)).await;
+        assert_eq!(output, Some(7));
+    }
+}
