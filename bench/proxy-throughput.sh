@@ -12,7 +12,11 @@ DURATION=${DURATION:-5s}
 for tool in nginx wrk curl; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx-light wrk curl" >&2; exit 1; }
 done
-cargo build --release -q -p credgate
+# CREDGATE_BIN: measure another build (say, of an earlier commit) instead.
+if [ -z "${CREDGATE_BIN:-}" ]; then
+    cargo build --release -q -p credgate
+fi
+CREDGATE_BIN=${CREDGATE_BIN:-./target/release/credgate}
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -75,8 +79,8 @@ store: { url: "sqlite://credgate.db" }
 keys: [ { id: k1, from_env: CREDGATE_KEY } ]
 integrations_dir: integrations
 YAML
-CREDGATE_KEY=$(./target/release/credgate keygen) CREDGATE_LOG=warn \
-    ./target/release/credgate serve --config "$work/credgate.yaml" 2>"$work/credgate.log" &
+CREDGATE_KEY=$("$CREDGATE_BIN" keygen) CREDGATE_LOG=warn \
+    "$CREDGATE_BIN" serve --config "$work/credgate.yaml" 2>"$work/credgate.log" &
 pids+=($!); credgate_pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.1; done
 curl -sf -X POST "http://127.0.0.1:$ADMIN/v1/accounts" -H 'content-type: application/json' \
