@@ -36,7 +36,7 @@ events { worker_connections 4096; }
 http {
     access_log off;
     server {
-        listen 127.0.0.1:$ORIGIN;
+        listen 127.0.0.1:$ORIGIN reuseport;
         location / { default_type application/json; return 200 '{"ok":true}'; }
     }
 }
@@ -50,7 +50,7 @@ http {
     access_log off;
     upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
     server {
-        listen 127.0.0.1:$NGINX;
+        listen 127.0.0.1:$NGINX reuseport;
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -79,10 +79,11 @@ store: { url: "sqlite://credgate.db" }
 keys: [ { id: k1, from_env: CREDGATE_KEY } ]
 integrations_dir: integrations
 YAML
+# CREDGATE_WRAPPER: a command to run credgate under (bench/instructions.sh uses valgrind).
 CREDGATE_KEY=$("$CREDGATE_BIN" keygen) CREDGATE_LOG=warn \
-    "$CREDGATE_BIN" serve --config "$work/credgate.yaml" 2>"$work/credgate.log" &
+    ${CREDGATE_WRAPPER:-} "$CREDGATE_BIN" serve --config "$work/credgate.yaml" 2>"$work/credgate.log" &
 pids+=($!); credgate_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.1; done
 curl -sf -X POST "http://127.0.0.1:$ADMIN/v1/accounts" -H 'content-type: application/json' \
     -d '{"id":"bench","integration":"bench","credentials":{"api_key":"sk_bench_0123456789abcdefghij"}}' >/dev/null
 curl -sf "http://127.0.0.1:$NGINX/" >/dev/null

@@ -104,7 +104,8 @@ impl Proxy {
         };
         let account = caller.account.clone();
         let outcome = if method == Method::CONNECT {
-            connect::tunnel(self, request, &caller).await
+            // Boxed, like every rare path: it keeps the request future small.
+            Box::pin(connect::tunnel(self, request, &caller)).await
         } else {
             self.forward(request, caller).await
         };

@@ -98,6 +98,9 @@ pub fn read(headers: &HeaderMap, mapping: Option<&RateLimitMapping>, status: Sta
 
 /// Adds the normalized headers (and `Retry-After` on a 429 without one).
 pub fn normalize(headers: &mut HeaderMap, mapping: Option<&RateLimitMapping>, status: StatusCode, now: SystemTime) {
+    if !headers.keys().any(|name| may_be_read(name.as_str(), mapping)) {
+        return; // the common case, decided in one pass instead of a lookup per shape
+    }
     let state = read(headers, mapping, status, now);
     for (name, value) in [(LIMIT, state.limit), (REMAINING, state.remaining), (RESET, state.reset)] {
         if let Some(value) = value {
@@ -109,6 +112,24 @@ pub fn normalize(headers: &mut HeaderMap, mapping: Option<&RateLimitMapping>, st
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(reset));
         }
     }
+}
+
+/// Whether [`read`] might consult a header of this (lowercase) name: a superset,
+/// so that skipping `read` when no name matches cannot change the outcome.
+fn may_be_read(name: &str, mapping: Option<&RateLimitMapping>) -> bool {
+    name.contains("rate") // ratelimit-*, x-ratelimit-*, x-rate-limit-*, x-hubspot-ratelimit-*
+        || name == "retry-after"
+        || USAGE_HEADERS.iter().any(|(header, _)| header == name)
+        || mapping.is_some_and(|m| {
+            let declared = [
+                m.limit.as_ref().map(|h| &h.header),
+                m.remaining.as_ref().map(|h| &h.header),
+                m.reset.as_ref().map(|h| &h.header),
+                m.window.as_ref().map(|h| &h.header),
+                m.usage.as_ref().map(|h| &h.header),
+            ];
+            declared.into_iter().flatten().any(|header| header.eq_ignore_ascii_case(name))
+        })
 }
 
 /// A non-negative decimal number, reading only the first item of a list

@@ -202,7 +202,9 @@ impl Client {
             let (checkout, reused) = match self.checkout(&key) {
                 Some(checkout) => (checkout, true),
                 None => {
-                    let connecting = self.connect(origin, deadline);
+                    // Boxed: connecting (DNS, TLS) is rare and its future is large, and
+                    // every request's future would otherwise carry its size.
+                    let connecting = Box::pin(self.connect(origin, deadline));
                     let checkout = tokio::time::timeout_at(deadline, connecting)
                         .await
                         .map_err(|_| UpstreamError::Timeout(self.inner.timeout))??;

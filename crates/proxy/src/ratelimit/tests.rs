@@ -207,3 +207,40 @@ proptest! {
         prop_assert!(u <= l);
     }
 }
+
+/// `normalize` skips `read` when no header name passes `may_be_read`: every name
+/// `read` consults, built-in or declared, must pass.
+#[test]
+fn every_header_read_consults_is_recognized_by_the_fast_path() {
+    let builtin = LIMIT_HEADERS
+        .iter()
+        .chain(&REMAINING_HEADERS)
+        .chain(&RESET_HEADERS)
+        .chain(USAGE_HEADERS.iter().map(|(header, _)| header))
+        .chain([&WINDOW_MS_HEADER, &http::header::RETRY_AFTER]);
+    for name in builtin {
+        assert!(may_be_read(name.as_str(), None), "{name}");
+    }
+    let declared = mapping(
+        "{ limit: { header: X-Quota-Max }, remaining: { header: X-Quota-Left }, \
+         reset: { header: X-Quota-Next, unit: s, kind: delta }, window: { header: X-Quota-Span, unit: s, kind: delta }, \
+         usage: { header: X-Quota-Use } }",
+    );
+    for name in [
+        "x-quota-max",
+        "x-quota-left",
+        "x-quota-next",
+        "x-quota-span",
+        "x-quota-use",
+    ] {
+        assert!(may_be_read(name, Some(&declared)), "{name}");
+        assert!(!may_be_read(name, None), "{name}");
+    }
+    for unrelated in ["content-type", "date", "server", "connection", "content-length"] {
+        assert!(!may_be_read(unrelated, Some(&declared)), "{unrelated}");
+    }
+    // A declared header on a response without any other: still normalized.
+    let mut only_declared = headers(&[("x-quota-left", "7")]);
+    normalize(&mut only_declared, Some(&declared), StatusCode::OK, now());
+    assert_eq!(only_declared.get(REMAINING).unwrap(), "7");
+}
