@@ -117,7 +117,9 @@ pub fn normalize(headers: &mut HeaderMap, mapping: Option<&RateLimitMapping>, st
 /// Whether [`read`] might consult a header of this (lowercase) name: a superset,
 /// so that skipping `read` when no name matches cannot change the outcome.
 fn may_be_read(name: &str, mapping: Option<&RateLimitMapping>) -> bool {
-    name.contains("rate") // ratelimit-*, x-ratelimit-*, x-rate-limit-*, x-hubspot-ratelimit-*
+    ["ratelimit-", "x-ratelimit-", "x-rate-limit-", "x-hubspot-ratelimit-"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
         || name == "retry-after"
         || USAGE_HEADERS.iter().any(|(header, _)| header == name)
         || mapping.is_some_and(|m| {
@@ -128,7 +130,10 @@ fn may_be_read(name: &str, mapping: Option<&RateLimitMapping>) -> bool {
                 m.window.as_ref().map(|h| &h.header),
                 m.usage.as_ref().map(|h| &h.header),
             ];
-            declared.into_iter().flatten().any(|header| header.eq_ignore_ascii_case(name))
+            declared
+                .into_iter()
+                .flatten()
+                .any(|header| header.eq_ignore_ascii_case(name))
         })
 }
 

