@@ -4,7 +4,9 @@
 //! the moment a response body is dropped (hyper drops it when it has been written
 //! or the exchange failed) until the next request head is complete and the service
 //! is called. An idle connection gets `timeout` to produce that head, after which it
-//! is closed; busy connections are never cut off by this timer.
+//! is closed; busy connections are never cut off by this timer. A `CONNECT`
+//! request carries a [`ConnectionActivity`] in its extensions, so that a tunnel,
+//! which outlives its response on HTTP/2, keeps its connection busy while open.
 //!
 //! The service wrapper only updates two atomics per request. The connection's one
 //! timer is consulted when it fires: then it either closes the connection or moves
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::Service;
-use hyper::Response;
+use hyper::{Method, Request, Response};
 use tokio::time::Instant;
 
 /// Requests in flight on one connection and when it last became idle.
@@ -80,9 +82,21 @@ impl Activity {
     }
 }
 
-/// One request in flight; dropping it ends the request.
+/// The activity of the connection a request arrived on, in the extensions of
+/// `CONNECT` requests.
+#[derive(Clone, Debug)]
+pub struct ConnectionActivity(Arc<Activity>);
+
+impl ConnectionActivity {
+    /// Counts the connection as busy until the returned guard is dropped.
+    pub fn busy(&self) -> Busy {
+        self.0.begin()
+    }
+}
+
+/// One request (or tunnel) in flight; dropping it ends it.
 #[derive(Debug)]
-struct Busy(Arc<Activity>);
+pub struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -102,16 +116,20 @@ pub(crate) struct Tracked<S> {
     activity: Arc<Activity>,
 }
 
-impl<S, R, B> Service<R> for Tracked<S>
+impl<S, R, B> Service<Request<R>> for Tracked<S>
 where
-    S: Service<R, Response = Response<B>>,
+    S: Service<Request<R>, Response = Response<B>>,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, request: R) -> Self::Future {
+    fn call(&self, mut request: Request<R>) -> Self::Future {
         let busy = self.activity.begin();
+        if request.method() == Method::CONNECT {
+            let activity = ConnectionActivity(Arc::clone(&self.activity));
+            request.extensions_mut().insert(activity);
+        }
         TrackedFuture {
             inner: self.inner.call(request),
             busy: Some(busy),
@@ -175,12 +193,16 @@ mod tests {
     /// Answers every call with a small body.
     struct Answer;
 
-    impl Service<()> for Answer {
+    impl Service<Request<()>> for Answer {
         type Response = Response<String>;
         type Error = ();
         type Future = std::future::Ready<Result<Response<String>, ()>>;
 
-        fn call(&self, (): ()) -> Self::Future {
+        fn call(&self, request: Request<()>) -> Self::Future {
+            // A tunnel: keeps the connection busy for as long as the test holds it.
+            if let Some(activity) = request.extensions().get::<ConnectionActivity>() {
+                std::mem::forget(activity.busy());
+            }
             std::future::ready(Ok(Response::new(String::from("ok"))))
         }
     }
@@ -215,12 +237,32 @@ mod tests {
         };
         // A request whose response body lives for 25 s, then is dropped.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let response = service.call(()).await.unwrap();
+        let response = service.call(Request::new(())).await.unwrap();
         tokio::time::sleep(Duration::from_secs(25)).await;
         assert!(!watcher.is_finished(), "closed while a response was in flight");
         drop(response);
         assert!(watcher.await.unwrap().is_none());
         assert_eq!(started.elapsed(), Duration::from_secs(40), "30 s busy, then 10 s idle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_tunnel_keeps_its_connection_busy_after_the_response() {
+        let activity = Activity::new();
+        let connect = Request::builder().method(Method::CONNECT).body(()).unwrap();
+        drop(service(&activity).call(connect).await.unwrap());
+        let closed = tokio::time::timeout(
+            Duration::from_secs(60),
+            activity.close_when_idle(std::future::pending::<()>(), Duration::from_secs(10)),
+        )
+        .await;
+        assert!(closed.is_err(), "the tunnel's connection was closed as idle");
+        // A plain request's connection is idle again once its response is dropped.
+        let activity = Activity::new();
+        drop(service(&activity).call(Request::new(())).await.unwrap());
+        let closed = activity
+            .close_when_idle(std::future::pending::<()>(), Duration::from_secs(10))
+            .await;
+        assert!(closed.is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use activity::Activity;
+pub use activity::{Busy, ConnectionActivity};
 
 /// Limits for one listener.
 #[derive(Clone, Debug)]
@@ -117,9 +118,10 @@ pub async fn distribute(
         let Ok(stream) = stream.into_std() else { continue };
         if let Some(handed) = offer(&workers, &mut next, (stream, peer)) {
             // Every worker is full: wait for the next, leaving clients in the backlog.
+            // (A worker that has stopped refuses it; the connection is then closed.)
             tokio::select! {
                 _ = shutdown.changed() => return,
-                sent = workers[next].send(handed) => if sent.is_err() { return },
+                _ = workers[next].send(handed) => {}
             }
         }
     }

@@ -55,7 +55,13 @@ pub(crate) async fn tunnel(
         .await
         .map_err(|_| ProxyError::UpstreamTimeout(proxy.upstream_timeout.as_secs()))?
         .map_err(|e| ProxyError::UpstreamUnreachable(format!("{host}:{port}: {e}")))?;
+    // On HTTP/2 the tunnel outlives its response: keep the connection counted as busy.
+    let busy = request
+        .extensions()
+        .get::<credgate_listener::ConnectionActivity>()
+        .map(|activity| activity.busy());
     tokio::spawn(async move {
+        let _busy = busy;
         match hyper::upgrade::on(request).await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);

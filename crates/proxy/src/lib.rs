@@ -398,8 +398,9 @@ pub fn serve_per_thread(
     limits: Limits,
     shutdown: watch::Receiver<()>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    /// Connections handed to a worker that has not started serving them yet.
-    const HANDOFF_QUEUE: usize = 128;
+    /// Connections handed to a worker that has not started serving them yet. Small,
+    /// so that a worker at its connection limit is passed over, not queued behind.
+    const HANDOFF_QUEUE: usize = 8;
     let threads = proxies.len().max(1);
     let per_thread = Limits {
         max_connections: limits.max_connections.div_ceil(threads),

@@ -237,8 +237,21 @@ impl Client {
                     Err(Failed::Error(error)) => return Err(error),
                 },
                 Checkout::Http2(mut sender) => {
+                    // A retry may come from an HTTP/1 attempt, which rewrote the request.
+                    request.headers_mut().remove(header::HOST);
+                    if request.uri().authority().is_none() {
+                        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                        *request.uri_mut() = Uri::builder()
+                            .scheme(origin.scheme.clone())
+                            .authority(origin.authority.clone())
+                            .path_and_query(path)
+                            .build()
+                            .map_err(|_| self.closed(origin))?;
+                    }
                     let exchange = async {
-                        sender.ready().await.map_err(|e| (None, e))?;
+                        if let Err(error) = sender.ready().await {
+                            return Err((Some(request), error));
+                        }
                         sender
                             .try_send_request(request)
                             .await
@@ -309,20 +322,27 @@ impl Client {
         let now = Instant::now();
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
-        while let Some(conn) = list.pop() {
-            if !conn.is_usable(now) {
-                continue;
-            }
-            return Some(match conn {
-                Idle::Http1(conn) => Checkout::Http1(conn),
-                Idle::Http2(sender) => {
-                    let shared = sender.clone();
-                    list.push(Idle::Http2(sender));
-                    Checkout::Http2(shared)
-                }
-            });
+        // Dead and expired connections are dropped from the top, where checkouts
+        // happen (the rest go at the next sweep).
+        while list.last().is_some_and(|conn| !conn.is_usable(now)) {
+            list.pop();
         }
-        None
+        // The most recently used connection that is idle. One whose previous exchange
+        // is still uploading (the vendor answered before reading the whole body)
+        // stays pooled until it is done; meanwhile requests go elsewhere.
+        let ready = list.iter().rposition(|conn| match conn {
+            Idle::Http1(http1) => http1.sender.is_ready() && conn.is_usable(now),
+            Idle::Http2(_) => conn.is_usable(now),
+        })?;
+        let conn = list.remove(ready);
+        Some(match conn {
+            Idle::Http1(conn) => Checkout::Http1(conn),
+            Idle::Http2(sender) => {
+                let shared = sender.clone();
+                list.push(Idle::Http2(sender));
+                Checkout::Http2(shared)
+            }
+        })
     }
 
     fn release(&self, key: PoolKey, mut conn: Http1) {
@@ -534,6 +554,9 @@ mod tests {
         Close,
         /// Accepts and never answers.
         Hang,
+        /// Answers the first request head at once, then stops reading (a request
+        /// body still being sent stays unsent).
+        StopReading,
     }
 
     /// A raw HTTP/1.1 vendor answering `ok` to every request head; counts accepts.
@@ -558,13 +581,15 @@ mod tests {
                             seen.drain(..end + 4);
                             match after {
                                 After::Hang => {}
-                                After::KeepAlive | After::Close => {
+                                After::KeepAlive | After::Close | After::StopReading => {
                                     let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                                     socket.write_all(answer).await.unwrap();
                                 }
                             }
-                            if let After::Close = after {
-                                return;
+                            match after {
+                                After::Close => return,
+                                After::StopReading => std::future::pending::<()>().await,
+                                After::KeepAlive | After::Hang => {}
                             }
                         }
                     }
@@ -621,6 +646,25 @@ mod tests {
             response.into_body().collect().await.unwrap();
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_uploading_is_passed_over() {
+        let (origin, accepted) = vendor(After::StopReading).await;
+        let client = client(Duration::from_secs(30));
+        let uri = format!("http://{}/v1/upload", origin.authority);
+        let body = RequestBody::Right(http_body_util::Full::new(Bytes::from(vec![0; 64 << 20])));
+        let upload = Request::post(uri).body(body).unwrap();
+        let response = client.send(&origin, upload).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        // The upload cannot finish: the vendor stopped reading. The next request
+        // must not queue behind it.
+        let next = tokio::time::timeout(Duration::from_secs(10), client.send(&origin, get(&origin)))
+            .await
+            .expect("the request waited behind a stalled upload")
+            .unwrap();
+        next.into_body().collect().await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
