@@ -43,6 +43,10 @@ pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Full<Byt
 const MAX_IDLE_PER_ORIGIN: usize = 256;
 /// An idle connection older than this is not reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The longest one address gets to accept a connection before the next is tried.
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(10);
+/// Idle time before the kernel probes a vendor connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Why a request could not be exchanged with the vendor. Messages name hosts and
 /// OS errors, never request content.
@@ -365,13 +369,12 @@ impl Client {
     async fn connect(&self, origin: &Origin, deadline: Instant) -> Result<Checkout, UpstreamError> {
         self.sweep();
         let addrs = self.resolve(origin).await?;
-        let tcp = TcpStream::connect(&addrs[..])
-            .await
-            .map_err(|source| UpstreamError::Connect {
-                authority: origin.authority.to_string(),
-                source,
-            })?;
+        let tcp = self.connect_tcp(origin, &addrs).await?;
         let _ = tcp.set_nodelay(true);
+        // Notices a vendor that vanished from an idle pooled connection or in the
+        // middle of a long response body.
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         if origin.scheme != Scheme::HTTPS {
             return self.handshake_http1(tcp, origin, deadline).await;
         }
@@ -406,6 +409,24 @@ impl Client {
             return Ok(Checkout::Http2(sender));
         }
         self.handshake_http1(tls, origin, deadline).await
+    }
+
+    /// Tries the addresses in turn, giving each at most [`CONNECT_ATTEMPT`], so that
+    /// one unreachable address (a broken IPv6 route, say) does not use up the whole
+    /// request deadline.
+    async fn connect_tcp(&self, origin: &Origin, addrs: &[SocketAddr]) -> Result<TcpStream, UpstreamError> {
+        let mut last = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+        for addr in addrs {
+            match tokio::time::timeout(CONNECT_ATTEMPT, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => return Ok(tcp),
+                Ok(Err(error)) => last = error,
+                Err(_) => last = std::io::ErrorKind::TimedOut.into(),
+            }
+        }
+        Err(UpstreamError::Connect {
+            authority: origin.authority.to_string(),
+            source: last,
+        })
     }
 
     async fn handshake_http1<T>(&self, io: T, origin: &Origin, deadline: Instant) -> Result<Checkout, UpstreamError>
@@ -680,6 +701,23 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         let response = client.send(&origin, get(&origin)).await.unwrap();
         response.into_body().collect().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_address_that_refuses_is_skipped_for_the_next() {
+        let (origin, _) = vendor(After::KeepAlive).await;
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let open = SocketAddr::new([127, 0, 0, 1].into(), origin.port);
+        let tcp = client(Duration::from_secs(5))
+            .connect_tcp(&origin, &[closed, open])
+            .await
+            .unwrap();
+        assert_eq!(tcp.peer_addr().unwrap(), open);
+        let error = client(Duration::from_secs(5))
+            .connect_tcp(&origin, &[closed])
+            .await
+            .unwrap_err();
+        assert!(matches!(error, UpstreamError::Connect { .. }), "{error}");
     }
 
     #[tokio::test]
