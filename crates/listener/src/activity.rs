@@ -1,10 +1,12 @@
 //! Per-connection request accounting for the header-read (idle) timeout.
 //!
 //! A connection is *idle* while no request is in flight: from the accept, and from
-//! the moment a response body is dropped (hyper drops it when it has been written
-//! or the exchange failed) until the next request head is complete and the service
-//! is called. An idle connection gets `timeout` to produce that head, after which it
-//! is closed; busy connections are never cut off by this timer. A `CONNECT`
+//! the moment a response body is dropped (hyper drops it when it has taken its last
+//! chunk, or the exchange failed) until the next request head is complete and the
+//! service is called. An idle connection gets `timeout` to produce that head, after
+//! which it is asked to close gracefully (hyper finishes writing what it holds, then
+//! closes; an HTTP/2 client gets a GOAWAY) and dropped if it is still open another
+//! `timeout` later. Busy connections are never cut off by this timer. A `CONNECT`
 //! request carries a [`ConnectionActivity`] in its extensions, so that a tunnel,
 //! which outlives its response on HTTP/2, keeps its connection busy while open.
 //!
@@ -22,6 +24,7 @@ use std::time::Duration;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::Service;
 use hyper::{Method, Request, Response};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Requests in flight on one connection and when it last became idle.
@@ -50,18 +53,36 @@ impl Activity {
         }
     }
 
-    /// Drives `connection` to its end, or drops it (closing the socket) once it has
-    /// been idle for `timeout`; `None` means it was closed for being idle.
-    pub(crate) async fn close_when_idle<F: Future>(&self, connection: F, timeout: Duration) -> Option<F::Output> {
+    /// Drives `connection` to its end. It is asked to `close` gracefully once it
+    /// has been idle for `timeout` (and dropped if still open another `timeout`
+    /// later), or when `shutdown` changes (then the listener's drain timeout
+    /// bounds it).
+    pub(crate) async fn drive<F: Future>(
+        &self,
+        connection: F,
+        close: impl Fn(Pin<&mut F>),
+        timeout: Duration,
+        mut shutdown: watch::Receiver<()>,
+    ) -> Ending<F::Output> {
         let mut connection = pin!(connection);
         let mut timer = pin!(tokio::time::sleep(timeout));
+        let mut closing = None;
         loop {
             tokio::select! {
-                output = &mut connection => return Some(output),
-                () = &mut timer => match self.idle_deadline(timeout) {
-                    Some(deadline) if deadline <= Instant::now() => return None,
-                    Some(deadline) => timer.as_mut().reset(deadline),
-                    None => timer.as_mut().reset(Instant::now() + timeout),
+                output = connection.as_mut() => return Ending::Finished(output),
+                _ = shutdown.changed(), if closing.is_none() => {
+                    close(connection.as_mut());
+                    closing = Some(Closing::Shutdown);
+                }
+                () = timer.as_mut() => match (closing, self.idle_deadline(timeout)) {
+                    (Some(Closing::Idle), _) => return Ending::Abandoned,
+                    (Some(Closing::Shutdown), _) | (None, None) => timer.as_mut().reset(Instant::now() + timeout),
+                    (None, Some(deadline)) if deadline > Instant::now() => timer.as_mut().reset(deadline),
+                    (None, Some(_)) => {
+                        close(connection.as_mut());
+                        closing = Some(Closing::Idle);
+                        timer.as_mut().reset(Instant::now() + timeout);
+                    }
                 },
             }
         }
@@ -80,6 +101,22 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(Arc::clone(self))
     }
+}
+
+/// Why a connection was asked to close.
+#[derive(Clone, Copy, Debug)]
+enum Closing {
+    Idle,
+    Shutdown,
+}
+
+/// How [`Activity::drive`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ending<T> {
+    /// The connection ended by itself (possibly after being asked to close).
+    Finished(T),
+    /// Asked to close for being idle, it had not after another timeout: dropped.
+    Abandoned,
 }
 
 /// The activity of the connection a request arrived on, in the extensions of
@@ -211,29 +248,55 @@ mod tests {
         activity.track(Answer)
     }
 
+    /// A connection that ends once asked to close, if it `obeys`.
+    struct TestConnection {
+        obeys: bool,
+        asked: bool,
+    }
+
+    impl Future for TestConnection {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if self.obeys && self.asked {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    async fn drive(activity: &Activity, obeys: bool, shutdown: watch::Receiver<()>) -> Ending<()> {
+        let connection = TestConnection { obeys, asked: false };
+        let close = |connection: Pin<&mut TestConnection>| connection.get_mut().asked = true;
+        activity.drive(connection, close, TIMEOUT, shutdown).await
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_is_closed_after_the_timeout() {
-        let activity = Activity::new();
+    async fn an_idle_connection_is_asked_to_close_after_the_timeout_and_dropped_a_timeout_later() {
+        let (_keep, shutdown) = watch::channel(());
         let started = Instant::now();
-        let closed = activity
-            .close_when_idle(std::future::pending::<()>(), Duration::from_secs(10))
-            .await;
-        assert!(closed.is_none());
-        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(
+            drive(&Activity::new(), true, shutdown.clone()).await,
+            Ending::Finished(())
+        );
+        assert_eq!(started.elapsed(), TIMEOUT);
+        let started = Instant::now();
+        assert_eq!(drive(&Activity::new(), false, shutdown).await, Ending::Abandoned);
+        assert_eq!(started.elapsed(), 2 * TIMEOUT);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_connection_is_not_closed_and_idleness_counts_from_the_last_response() {
+        let (_keep, shutdown) = watch::channel(());
         let activity = Activity::new();
         let service = service(&activity);
         let started = Instant::now();
         let watcher = {
             let activity = Arc::clone(&activity);
-            tokio::spawn(async move {
-                activity
-                    .close_when_idle(std::future::pending::<()>(), Duration::from_secs(10))
-                    .await
-            })
+            tokio::spawn(async move { drive(&activity, true, shutdown).await })
         };
         // A request whose response body lives for 25 s, then is dropped.
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -241,34 +304,52 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(25)).await;
         assert!(!watcher.is_finished(), "closed while a response was in flight");
         drop(response);
-        assert!(watcher.await.unwrap().is_none());
+        assert_eq!(watcher.await.unwrap(), Ending::Finished(()));
         assert_eq!(started.elapsed(), Duration::from_secs(40), "30 s busy, then 10 s idle");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_connect_tunnel_keeps_its_connection_busy_after_the_response() {
+        let (_keep, shutdown) = watch::channel(());
         let activity = Activity::new();
         let connect = Request::builder().method(Method::CONNECT).body(()).unwrap();
         drop(service(&activity).call(connect).await.unwrap());
-        let closed = tokio::time::timeout(
-            Duration::from_secs(60),
-            activity.close_when_idle(std::future::pending::<()>(), Duration::from_secs(10)),
-        )
-        .await;
-        assert!(closed.is_err(), "the tunnel's connection was closed as idle");
+        let driven = tokio::time::timeout(6 * TIMEOUT, drive(&activity, true, shutdown.clone())).await;
+        assert!(driven.is_err(), "the tunnel's connection was closed as idle");
         // A plain request's connection is idle again once its response is dropped.
         let activity = Activity::new();
         drop(service(&activity).call(Request::new(())).await.unwrap());
-        let closed = activity
-            .close_when_idle(std::future::pending::<()>(), Duration::from_secs(10))
-            .await;
-        assert!(closed.is_none());
+        assert_eq!(drive(&activity, true, shutdown).await, Ending::Finished(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_asks_at_once_and_leaves_the_bound_to_the_drain() {
+        let (stop, shutdown) = watch::channel(());
+        let activity = Activity::new();
+        let started = Instant::now();
+        let obeying = tokio::spawn({
+            let (activity, shutdown) = (Arc::clone(&activity), shutdown.clone());
+            async move { drive(&activity, true, shutdown).await }
+        });
+        let ignoring = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { drive(&activity, false, shutdown).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.send(()).unwrap();
+        assert_eq!(obeying.await.unwrap(), Ending::Finished(()));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        tokio::time::sleep(6 * TIMEOUT).await;
+        assert!(
+            !ignoring.is_finished(),
+            "the idle timer abandoned a draining connection"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_ends_by_itself_is_returned() {
-        let activity = Activity::new();
-        let output = activity.close_when_idle(async { 7 }, Duration::from_secs(10)).await;
-        assert_eq!(output, Some(7));
+        let (_keep, shutdown) = watch::channel(());
+        let output = Activity::new().drive(async { 7 }, |_| {}, TIMEOUT, shutdown).await;
+        assert_eq!(output, Ending::Finished(7));
     }
 }

@@ -13,6 +13,7 @@
 
 mod activity;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,13 +22,12 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use activity::Activity;
+use activity::{Activity, Ending};
 pub use activity::{Busy, ConnectionActivity};
 
 /// Limits for one listener.
@@ -160,7 +160,6 @@ pub async fn serve<S, B, F>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut connections = connections.into();
-    let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -200,19 +199,22 @@ pub async fn serve<S, B, F>(
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
         let header_read_timeout = limits.header_read_timeout;
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            match activity.close_when_idle(connection, header_read_timeout).await {
-                Some(Err(error)) => tracing::debug!(%error, %peer, "connection ended with an error"),
-                Some(Ok(())) => {}
-                None => tracing::debug!(%peer, "closed: no complete request head in time"),
+            let close = |connection: Pin<&mut _>| auto::UpgradeableConnection::graceful_shutdown(connection);
+            match activity.drive(connection, close, header_read_timeout, shutdown).await {
+                Ending::Finished(Err(error)) => tracing::debug!(%error, %peer, "connection ended with an error"),
+                Ending::Finished(Ok(())) => {}
+                Ending::Abandoned => tracing::debug!(%peer, "dropped: idle, and did not close in time"),
             }
             drop(permit);
         });
     }
     drop(connections);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    // Every connection holds a permit until it ends: all permits back means drained.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.drain_timeout, permits.acquire_many(all))
         .await
         .is_err()
     {
