@@ -340,9 +340,12 @@ async fn read_for_replay(
 /// Reads the account and app key from `credgate-account`, `credgate-app-key` and
 /// `Proxy-Authorization: Basic base64(account:app-key)`.
 fn caller(headers: &HeaderMap) -> Result<Caller, ProxyError> {
-    let text = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
-    let mut account = text(ACCOUNT_HEADER).map(str::to_owned);
-    let mut app_key = text(APP_KEY_HEADER).map(str::to_owned);
+    // Looked up by `HeaderName`, so that the name is not parsed again per request.
+    static ACCOUNT: http::HeaderName = http::HeaderName::from_static(ACCOUNT_HEADER);
+    static APP_KEY: http::HeaderName = http::HeaderName::from_static(APP_KEY_HEADER);
+    let text = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut account = text(&ACCOUNT).map(str::to_owned);
+    let mut app_key = text(&APP_KEY).map(str::to_owned);
     if let Some(value) = headers.get(header::PROXY_AUTHORIZATION) {
         let malformed = ProxyError::ProxyAuthRequired("Proxy-Authorization must be Basic base64(account:app-key)");
         let encoded = value
