@@ -496,8 +496,9 @@ impl Client {
         }
     }
 
-    /// Idle connections to `origin` in this worker's pool (for tests).
-    pub fn idle_connections(&self, origin: &Origin) -> usize {
+    /// Idle connections to `origin` in this worker's pool.
+    #[cfg(test)]
+    fn idle_connections(&self, origin: &Origin) -> usize {
         let idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.get(&PoolKey::of(origin)).map_or(0, Vec::len)
     }
