@@ -9,8 +9,8 @@ use zeroize::Zeroizing;
 use crate::{CryptoError, Sealed, SecretString};
 
 const KEY_LEN: usize = 32;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
+pub(crate) const NONCE_LEN: usize = 12;
+pub(crate) const TAG_LEN: usize = 16;
 /// Credentials are tokens and keys, not documents; a cap keeps a hostile API
 /// client from storing megabytes per field.
 pub const MAX_PLAINTEXT_LEN: usize = 64 * 1024;
@@ -231,22 +231,19 @@ fn seal_with(
     payload.extend_from_slice(&nonce);
     payload.extend_from_slice(&buffer);
     payload.extend_from_slice(&tag);
-    Ok(Sealed::assemble(key_id.as_str(), &payload))
+    Ok(Sealed::assemble(key_id.as_str(), payload))
 }
 
-/// Opens `sealed` in place: one base64 decode into a buffer that is decrypted where
-/// it lies and zeroized on drop. Returns the buffer and the plaintext's range in it.
+/// Opens `sealed` in a copy of its payload that is decrypted where it lies and
+/// zeroized on drop. Returns the buffer and the plaintext's range in it.
 fn open_with(
     cipher: &Aes256Gcm,
     account: &str,
     field: &str,
     sealed: &Sealed,
 ) -> Result<(Zeroizing<Vec<u8>>, std::ops::Range<usize>), CryptoError> {
-    let mut payload = Zeroizing::new(sealed.payload()?);
+    let mut payload = Zeroizing::new(sealed.payload().to_vec());
     let len = payload.len();
-    if len < NONCE_LEN + TAG_LEN {
-        return Err(CryptoError::MalformedEnvelope);
-    }
     let (nonce, rest) = payload.split_at_mut(NONCE_LEN);
     let (ciphertext, tag) = rest.split_at_mut(len - NONCE_LEN - TAG_LEN);
     cipher

@@ -66,12 +66,19 @@ fn tampered_ciphertext_fails() {
 
 #[test]
 fn malformed_envelopes_are_refused() {
-    for text in ["", "cg1", "cg1:k1", "cg1::abc", "cg2:k1:abc", "plaintext"] {
+    // The last two: not base64url, and too short to hold a nonce and a tag.
+    for text in [
+        "",
+        "cg1",
+        "cg1:k1",
+        "cg1::abc",
+        "cg2:k1:abc",
+        "plaintext",
+        "cg1:k1:a+b/",
+        "cg1:k1:AAAA",
+    ] {
         assert_eq!(Sealed::parse(text), Err(CryptoError::MalformedEnvelope), "{text:?}");
     }
-    let ring = ring(&["k1"]);
-    let short = Sealed::parse("cg1:k1:AAAA").unwrap();
-    assert_eq!(ring.open("a", "b", &short), Err(CryptoError::MalformedEnvelope));
 }
 
 #[test]
