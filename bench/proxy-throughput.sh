@@ -41,8 +41,12 @@ http {
     }
 }
 NGINX
+# NGINX_WRAPPER: a command to run the nginx proxy under (bench/instructions.sh
+# TARGET=nginx uses valgrind), as one process: workers would run as another user.
+nginx_workers=2 nginx_global='daemon off;'
+[ -z "${NGINX_WRAPPER:-}" ] || nginx_workers=1 nginx_global='daemon off; master_process off;'
 cat > "$work/nginx.conf" <<NGINX
-worker_processes 2;
+worker_processes $nginx_workers;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 events { worker_connections 4096; }
@@ -62,7 +66,7 @@ http {
 NGINX
 nginx -c "$work/origin.conf" -p "$work" -g 'daemon off;' &
 pids+=($!); origin_master=$!
-nginx -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
+${NGINX_WRAPPER:-} nginx -c "$work/nginx.conf" -p "$work" -g "$nginx_global" &
 pids+=($!); nginx_master=$!
 
 mkdir -p "$work/integrations"
@@ -86,7 +90,8 @@ pids+=($!); credgate_pid=$!
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.1; done
 curl -sf -X POST "http://127.0.0.1:$ADMIN/v1/accounts" -H 'content-type: application/json' \
     -d '{"id":"bench","integration":"bench","credentials":{"api_key":"sk_bench_0123456789abcdefghij"}}' >/dev/null
-curl -sf "http://127.0.0.1:$NGINX/" >/dev/null
+# nginx under NGINX_WRAPPER takes a while to start.
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$NGINX/" >/dev/null && break; sleep 0.1; done
 curl -sf -H "Host: 127.0.0.1:$ORIGIN" -H 'credgate-account: bench' "http://127.0.0.1:$PROXY/" >/dev/null
 
 # wrk prints latency percentiles with --latency; convert them to milliseconds.
