@@ -156,9 +156,22 @@ impl Proxy {
             ))?;
         let Some(account_id) = caller.account else {
             if self.passthrough {
+                let default_port = if target.scheme == http::uri::Scheme::HTTPS {
+                    443
+                } else {
+                    80
+                };
+                let origin = target::Origin::new(
+                    target.scheme.clone(),
+                    target.host.clone(),
+                    target.port.unwrap_or(default_port),
+                    String::new(),
+                )
+                .ok_or_else(|| ProxyError::BadRequest("the request host is not valid".into()))?;
                 return Ok(Route {
                     target,
-                    credential: None,
+                    origin,
+                    entry: None,
                 });
             }
             return Err(ProxyError::ProxyAuthRequired(
@@ -196,7 +209,8 @@ impl Proxy {
         }
         Ok(Route {
             target,
-            credential: Some((origin, entry)),
+            origin,
+            entry: Some(entry),
         })
     }
 
@@ -205,26 +219,9 @@ impl Proxy {
     /// limits normalized. A 401 to a credential we believed fresh forces one
     /// refresh and, when the body could be kept, one retry.
     async fn send(&self, request: Request<Incoming>, route: Route) -> Result<Response<ProxyBody>, ProxyError> {
-        let Route { target, credential } = route;
+        let Route { target, origin, entry } = route;
         let target = &target;
         let (parts, body) = request.into_parts();
-        let origin = match &credential {
-            Some((origin, _)) => origin.clone(),
-            None => {
-                let default_port = if target.scheme == http::uri::Scheme::HTTPS {
-                    443
-                } else {
-                    80
-                };
-                target::Origin::new(
-                    target.scheme.clone(),
-                    target.host.clone(),
-                    target.port.unwrap_or(default_port),
-                    String::new(),
-                )
-                .ok_or_else(|| ProxyError::BadRequest("the request host is not valid".into()))?
-            }
-        };
         if !self.allow_private_upstreams {
             if let Some(ip) = origin.host.parse().ok().filter(|ip| upstream::is_forbidden(*ip)) {
                 return Err(ProxyError::HostNotAllowed(format!(
@@ -236,7 +233,7 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut headers);
         headers::strip_credgate(&mut headers);
         headers.remove(header::HOST);
-        let Some((_, mut entry)) = credential else {
+        let Some(mut entry) = entry else {
             let body = Either::Left(body);
             let response = self
                 .dispatch(&parts.method, target, &origin, headers, None, body)
@@ -317,9 +314,10 @@ impl Proxy {
 /// Where `route` decided a request goes.
 struct Route {
     target: Target,
-    /// The allowed origin and the account whose credential goes there; `None` for
-    /// passthrough.
-    credential: Option<(target::Origin, Arc<Entry>)>,
+    /// The integration's origin the target lies in (for passthrough, the target's).
+    origin: target::Origin,
+    /// The account whose credential goes there; `None` for passthrough.
+    entry: Option<Arc<Entry>>,
 }
 
 /// The vendor's response as the caller gets it.
