@@ -23,7 +23,7 @@ pub struct Sealed {
 }
 
 /// The shortest payload that can hold anything: a nonce and a tag.
-pub(crate) const MIN_PAYLOAD_LEN: usize = crate::keyring::NONCE_LEN + crate::keyring::TAG_LEN;
+const MIN_PAYLOAD_LEN: usize = crate::keyring::NONCE_LEN + crate::keyring::TAG_LEN;
 
 impl Sealed {
     /// Wraps a stored envelope after checking its shape and decoding its payload.

@@ -180,7 +180,6 @@ fn parse_origin(url: &str) -> Option<Origin> {
     )
 }
 
-/// Whether `path` is `prefix` or below it, on a segment boundary.
 /// Splits an authority that `Authority` has validated (and that has no user info)
 /// into host, without IPv6 brackets, and port. One pass, where `Authority::host`
 /// and `port_u16` each parse it again. `None` for a port that is not a `u16`.
@@ -201,6 +200,7 @@ fn host_and_port(authority: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
+/// Whether `path` is `prefix` or below it, on a segment boundary.
 fn under(path: &str, prefix: &str) -> bool {
     prefix.is_empty()
         || path == prefix
