@@ -156,18 +156,9 @@ impl Proxy {
             ))?;
         let Some(account_id) = caller.account else {
             if self.passthrough {
-                let default_port = if target.scheme == http::uri::Scheme::HTTPS {
-                    443
-                } else {
-                    80
-                };
-                let origin = target::Origin::new(
-                    target.scheme.clone(),
-                    target.host.clone(),
-                    target.port.unwrap_or(default_port),
-                    String::new(),
-                )
-                .ok_or_else(|| ProxyError::BadRequest("the request host is not valid".into()))?;
+                let origin = target
+                    .as_origin()
+                    .ok_or_else(|| ProxyError::BadRequest("the request host is not valid".into()))?;
                 return Ok(Route {
                     target,
                     origin,

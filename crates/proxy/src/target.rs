@@ -114,6 +114,13 @@ impl Target {
         })
     }
 
+    /// The target as an origin of its own: where passthrough requests go.
+    pub fn as_origin(&self) -> Option<Origin> {
+        let default_port = if self.scheme == Scheme::HTTPS { 443 } else { 80 };
+        let port = self.port.unwrap_or(default_port);
+        Origin::new(self.scheme.clone(), self.host.clone(), port, String::new())
+    }
+
     /// The host as an IP address, if it is one (those bypass DNS, so the address
     /// policy is applied to them directly).
     pub fn ip(&self) -> Option<IpAddr> {
