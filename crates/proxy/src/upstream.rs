@@ -68,6 +68,15 @@ pub enum UpstreamError {
     Timeout(Duration),
 }
 
+/// Why a vendor's response body ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("the vendor sent nothing for {0:?} in the middle of a response body")]
+    Stalled(Duration),
+}
+
 /// Whether an address is loopback, private, link-local (cloud metadata lives at
 /// 169.254.169.254), shared, unspecified, multicast or otherwise not a vendor's.
 pub fn is_forbidden(ip: IpAddr) -> bool {
@@ -263,7 +272,10 @@ impl Client {
                     };
                     match tokio::time::timeout_at(deadline, exchange).await {
                         Err(_) => return Err(UpstreamError::Timeout(self.inner.timeout)),
-                        Ok(Ok(response)) => return Ok(response.map(ResponseBody::streaming)),
+                        Ok(Ok(response)) => {
+                            let timeout = self.inner.timeout;
+                            return Ok(response.map(|body| ResponseBody::new(body, timeout, None)));
+                        }
                         Ok(Err((Some(unsent), _))) if reused => request = unsent,
                         Ok(Err((_, source))) => return Err(self.http_error(origin, source)),
                     }
@@ -305,19 +317,17 @@ impl Client {
             () = conn.deadline.as_mut() => return Err(Failed::Error(UpstreamError::Timeout(self.inner.timeout))),
         };
         let (parts, body) = response.into_parts();
-        let body = if body.is_end_stream() {
+        let returning = if body.is_end_stream() {
             self.release(key.clone(), conn);
-            ResponseBody::streaming(body)
+            None
         } else {
-            ResponseBody {
-                inner: body,
-                returning: Some(Returning {
-                    client: self.clone(),
-                    key: key.clone(),
-                    conn,
-                }),
-            }
+            Some(Returning {
+                client: self.clone(),
+                key: key.clone(),
+                conn,
+            })
         };
+        let body = ResponseBody::new(body, self.inner.timeout, returning);
         Ok(Response::from_parts(parts, body))
     }
 
@@ -506,9 +516,21 @@ impl Client {
 
 /// A vendor's response body. For HTTP/1 it holds the connection and returns it to
 /// the pool when the body ends; dropped early, the connection is closed with it.
+///
+/// A vendor that stops sending in the middle of a body gets the request timeout
+/// again for each frame, then the body fails ([`BodyError::Stalled`]): the same
+/// bound as for the response head, so a stuck vendor cannot hold a connection
+/// (and the client's behind it) forever. The timer is the pooled connection's own
+/// when there is one, and is only touched while a frame is awaited.
 pub struct ResponseBody {
     inner: Incoming,
     returning: Option<Returning>,
+    /// How long the vendor may take to send the next frame.
+    idle_timeout: Duration,
+    /// Whether the timer runs for the frame now awaited.
+    timer_armed: bool,
+    /// The timer of a body without a pooled connection to borrow one from.
+    own_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -526,8 +548,14 @@ struct Returning {
 }
 
 impl ResponseBody {
-    fn streaming(inner: Incoming) -> Self {
-        Self { inner, returning: None }
+    fn new(inner: Incoming, idle_timeout: Duration, returning: Option<Returning>) -> Self {
+        Self {
+            inner,
+            returning,
+            idle_timeout,
+            timer_armed: false,
+            own_timer: None,
+        }
     }
 
     fn release(&mut self) {
@@ -539,17 +567,34 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) else {
+            let timeout = this.idle_timeout;
+            let timer = match &mut this.returning {
+                Some(returning) => &mut returning.conn.deadline,
+                None => this
+                    .own_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout))),
+            };
+            if !std::mem::replace(&mut this.timer_armed, true) {
+                timer.as_mut().reset(Instant::now() + timeout);
+            }
+            ready!(std::future::Future::poll(timer.as_mut(), cx));
+            // The connection is mid-body: it cannot serve another request.
+            this.returning = None;
+            return Poll::Ready(Some(Err(BodyError::Stalled(timeout))));
+        };
+        this.timer_armed = false;
         match &frame {
-            None => self.release(),
-            Some(Ok(_)) if self.inner.is_end_stream() => self.release(),
+            None => this.release(),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
             Some(Ok(_)) => {}
-            Some(Err(_)) => self.returning = None,
+            Some(Err(_)) => this.returning = None,
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|frame| frame.map_err(BodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -579,6 +624,8 @@ mod tests {
         /// Answers the first request head at once, then stops reading (a request
         /// body still being sent stays unsent).
         StopReading,
+        /// Sends a head and 2 of the 10 body bytes it announced, then nothing.
+        StallBody,
     }
 
     /// A raw HTTP/1.1 vendor answering `ok` to every request head; counts accepts.
@@ -601,16 +648,17 @@ mod tests {
                         seen.extend_from_slice(&buf[..n]);
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             seen.drain(..end + 4);
-                            match after {
-                                After::Hang => {}
+                            let answer: &[u8] = match after {
+                                After::Hang => b"",
                                 After::KeepAlive | After::Close | After::StopReading => {
-                                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                                    socket.write_all(answer).await.unwrap();
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                                 }
-                            }
+                                After::StallBody => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok",
+                            };
+                            socket.write_all(answer).await.unwrap();
                             match after {
                                 After::Close => return,
-                                After::StopReading => std::future::pending::<()>().await,
+                                After::StopReading | After::StallBody => std::future::pending::<()>().await,
                                 After::KeepAlive | After::Hang => {}
                             }
                         }
@@ -702,6 +750,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         let response = client.send(&origin, get(&origin)).await.unwrap();
         response.into_body().collect().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vendor_that_stops_mid_body_fails_the_body_after_the_timeout() {
+        let (origin, _) = vendor(After::StallBody).await;
+        let client = client(Duration::from_secs(30));
+        let response = client.send(&origin, get(&origin)).await.unwrap();
+        let started = Instant::now();
+        let collected = tokio::time::timeout(Duration::from_secs(120), response.into_body().collect()).await;
+        let error = collected.expect("the stalled body never failed").unwrap_err();
+        assert!(matches!(error, BodyError::Stalled(_)), "{error}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert_eq!(client.idle_connections(&origin), 0, "a connection mid-body was pooled");
     }
 
     #[tokio::test]
