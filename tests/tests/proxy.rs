@@ -536,6 +536,39 @@ async fn oversized_and_slow_request_heads_are_cut_off() {
     assert!(closed.is_ok(), "the slow client was not disconnected");
 }
 
+/// A client that opens a large download and stops reading is dropped once its
+/// response has waited `header_read_timeout` for it, instead of holding a
+/// connection (and the vendor's behind it) for as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: u64 = 1024 * 1024 * 1024;
+    let w = world(", allow_private_upstreams: true, header_read_timeout: 1s").await;
+    w.vendor.answer(Answer::Stream { bytes: SIZE });
+    let mut client = tokio::net::TcpStream::connect(&w.server.proxy_addr).await.unwrap();
+    let head = format!(
+        "GET /v1/export HTTP/1.1\r\nHost: 127.0.0.1:{}\r\ncredgate-account: acme-bearer\r\n\
+         credgate-app-key: {BILLING_KEY}\r\n\r\n",
+        w.vendor.port()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    // The behaviour under test: the client reads nothing for three timeouts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the connection was still open");
+    let received = received.len() as u64;
+    assert!(
+        received < SIZE / 8,
+        "{received} bytes arrived: the stalled response was not cut off"
+    );
+    assert!(
+        w.server.logs().contains("the client stopped reading its response"),
+        "{}",
+        w.server.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight() {
     let w = world(", allow_private_upstreams: true").await;

@@ -10,9 +10,18 @@
 //! request carries a [`ConnectionActivity`] in its extensions, so that a tunnel,
 //! which outlives its response on HTTP/2, keeps its connection busy while open.
 //!
-//! The service wrapper only updates two atomics per request. The connection's one
-//! timer is consulted when it fires: then it either closes the connection or moves
-//! the deadline to where the current idle period ends.
+//! A busy connection can still be *stalled*: its client has stopped reading, so a
+//! response body has handed over a frame and hyper, its buffer full, has not come
+//! back for the next one. A connection on which a response has waited like that for
+//! `timeout` is dropped at once: asking a client that does not read to close is
+//! pointless, and without this a client could hold a connection (and the vendor's
+//! behind it) forever by opening a large download and never reading it. A body
+//! waiting on the vendor instead is the upstream client's business, not this timer's.
+//!
+//! The service wrapper only updates a few atomics per request and per body frame.
+//! The connection's one timer is consulted when it fires: then it closes or drops the
+//! connection, or moves the deadline to where the current idle period or the
+//! current wait for the client ends.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -27,12 +36,17 @@ use hyper::{Method, Request, Response};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Requests in flight on one connection and when it last became idle.
+/// Requests in flight on one connection, when it last became idle, and whether its
+/// client keeps taking the responses.
 #[derive(Debug)]
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds since `opened` at which the current idle period began.
     idle_since_ms: AtomicU64,
+    /// Response bodies that handed over a frame and have not been asked for the next.
+    waiting_on_client: AtomicUsize,
+    /// Milliseconds since `opened` at which a response body was last asked for a frame.
+    last_taken_ms: AtomicU64,
     opened: Instant,
 }
 
@@ -41,8 +55,18 @@ impl Activity {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            waiting_on_client: AtomicUsize::new(0),
+            last_taken_ms: AtomicU64::new(0),
             opened: Instant::now(),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn at_ms(&self, ms: &AtomicU64) -> Instant {
+        self.opened + Duration::from_millis(ms.load(Ordering::Acquire))
     }
 
     /// Wraps a connection's service so that its requests are counted.
@@ -56,7 +80,8 @@ impl Activity {
     /// Drives `connection` to its end. It is asked to `close` gracefully once it
     /// has been idle for `timeout` (and dropped if still open another `timeout`
     /// later), or when `shutdown` changes (then the listener's drain timeout
-    /// bounds it).
+    /// bounds it). It is dropped at once when a response has waited `timeout` for
+    /// its client to take the next frame.
     pub(crate) async fn drive<F: Future>(
         &self,
         connection: F,
@@ -74,16 +99,26 @@ impl Activity {
                     close(connection.as_mut());
                     closing = Some(Closing::Shutdown);
                 }
-                () = timer.as_mut() => match (closing, self.idle_deadline(timeout)) {
-                    (Some(Closing::Idle), _) => return Ending::Abandoned,
-                    (Some(Closing::Shutdown), _) | (None, None) => timer.as_mut().reset(Instant::now() + timeout),
-                    (None, Some(deadline)) if deadline > Instant::now() => timer.as_mut().reset(deadline),
-                    (None, Some(_)) => {
-                        close(connection.as_mut());
-                        closing = Some(Closing::Idle);
-                        timer.as_mut().reset(Instant::now() + timeout);
+                () = timer.as_mut() => {
+                    let now = Instant::now();
+                    let stalled = self.stall_deadline(timeout);
+                    if stalled.is_some_and(|deadline| deadline <= now) {
+                        return Ending::Stalled;
                     }
-                },
+                    let next = match (closing, self.idle_deadline(timeout)) {
+                        (Some(Closing::Idle), _) => return Ending::Abandoned,
+                        // Busy, or draining: look again when a waiting response would
+                        // stall, or in a timeout.
+                        (Some(Closing::Shutdown), _) | (None, None) => stalled.unwrap_or(now + timeout),
+                        (None, Some(deadline)) if deadline > now => deadline,
+                        (None, Some(_)) => {
+                            close(connection.as_mut());
+                            closing = Some(Closing::Idle);
+                            now + timeout
+                        }
+                    };
+                    timer.as_mut().reset(next);
+                }
             }
         }
     }
@@ -93,8 +128,15 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let idle_since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(self.opened + idle_since + timeout)
+        Some(self.at_ms(&self.idle_since_ms) + timeout)
+    }
+
+    /// When a response waiting for the client stalls; `None` while none waits.
+    fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.waiting_on_client.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        Some(self.at_ms(&self.last_taken_ms) + timeout)
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
@@ -117,6 +159,8 @@ pub(crate) enum Ending<T> {
     Finished(T),
     /// Asked to close for being idle, it had not after another timeout: dropped.
     Abandoned,
+    /// A response waited a timeout for the client to read on: dropped.
+    Stalled,
 }
 
 /// The activity of the connection a request arrived on, in the extensions of
@@ -139,8 +183,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let activity = &self.0;
         // Written before the count drops so the timer never sees a stale start.
-        let now = activity.opened.elapsed().as_millis() as u64;
-        activity.idle_since_ms.fetch_max(now, Ordering::AcqRel);
+        activity.idle_since_ms.fetch_max(activity.now_ms(), Ordering::AcqRel);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -192,17 +235,35 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let output = std::task::ready!(this.inner.poll(cx));
-        let busy = this.busy.take();
-        Poll::Ready(output.map(|response| response.map(|inner| TrackedBody { inner, _busy: busy })))
+        let state = this.busy.take().map(|busy| BodyState { busy, waiting: false });
+        Poll::Ready(output.map(|response| response.map(|inner| TrackedBody { inner, state })))
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that ends its request when dropped.
+    /// A response body that ends its request when dropped, and tells the connection
+    /// whether it is waiting for the client.
     pub(crate) struct TrackedBody<B> {
         #[pin]
         inner: B,
-        _busy: Option<Busy>,
+        state: Option<BodyState>,
+    }
+}
+
+/// A response body's part in its connection's [`Activity`].
+#[derive(Debug)]
+struct BodyState {
+    busy: Busy,
+    /// It handed over a frame and has not been asked for the next one yet.
+    waiting: bool,
+}
+
+impl Drop for BodyState {
+    fn drop(&mut self) {
+        // Before `busy` drops, so the request is never idle while counted as waiting.
+        if self.waiting {
+            self.busy.0.waiting_on_client.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -211,7 +272,25 @@ impl<B: Body> Body for TrackedBody<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let Some(state) = this.state else {
+            return this.inner.poll_frame(cx);
+        };
+        // Asked for a frame: the client took the last one.
+        let activity = &state.busy.0;
+        activity.last_taken_ms.store(activity.now_ms(), Ordering::Release);
+        if std::mem::take(&mut state.waiting) {
+            activity.waiting_on_client.fetch_sub(1, Ordering::AcqRel);
+        }
+        let mut inner = this.inner;
+        let frame = inner.as_mut().poll_frame(cx);
+        // A frame handed over, with more to come: until hyper asks again, this body
+        // waits for the client.
+        if matches!(frame, Poll::Ready(Some(Ok(_)))) && !inner.is_end_stream() {
+            state.waiting = true;
+            activity.waiting_on_client.fetch_add(1, Ordering::AcqRel);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -306,6 +385,106 @@ mod tests {
         drop(response);
         assert_eq!(watcher.await.unwrap(), Ending::Finished(()));
         assert_eq!(started.elapsed(), Duration::from_secs(40), "30 s busy, then 10 s idle");
+    }
+
+    /// A response body that always has a frame ready, or never has one.
+    #[derive(Clone, Copy)]
+    enum Stream {
+        Endless,
+        Silent,
+    }
+
+    impl Body for Stream {
+        type Data = &'static [u8];
+        type Error = ();
+
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, ()>>> {
+            match *self {
+                Stream::Endless => Poll::Ready(Some(Ok(Frame::data(&b"chunk"[..])))),
+                Stream::Silent => Poll::Pending,
+            }
+        }
+    }
+
+    impl Service<Request<()>> for Stream {
+        type Response = Response<Stream>;
+        type Error = ();
+        type Future = std::future::Ready<Result<Response<Stream>, ()>>;
+
+        fn call(&self, _: Request<()>) -> Self::Future {
+            std::future::ready(Ok(Response::new(*self)))
+        }
+    }
+
+    /// What hyper does when its client has room for more: asks the body for a frame.
+    async fn take_frame<B: Body + Unpin>(body: &mut B) {
+        let mut body = Pin::new(body);
+        let _ = std::future::poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Pending => Poll::Ready(None),
+            ready => ready,
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_its_client_stops_taking_is_dropped_a_timeout_after_the_last_frame() {
+        let (_keep, shutdown) = watch::channel(());
+        let activity = Activity::new();
+        let started = Instant::now();
+        let watcher = {
+            let activity = Arc::clone(&activity);
+            tokio::spawn(async move { drive(&activity, true, shutdown).await })
+        };
+        let mut body = activity
+            .track(Stream::Endless)
+            .call(Request::new(()))
+            .await
+            .unwrap()
+            .into_body();
+        // A slow but steady reader: a frame every 5 s, for 30 s.
+        for _ in 0..=6 {
+            take_frame(&mut body).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert!(!watcher.is_finished(), "a client that reads was cut off");
+        }
+        // Then it stops reading.
+        let ending = tokio::time::timeout(6 * TIMEOUT, watcher).await;
+        assert_eq!(ending.expect("never cut off").unwrap(), Ending::Stalled);
+        assert_eq!(started.elapsed(), Duration::from_secs(30) + TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_waiting_for_the_vendor_is_not_a_stall() {
+        let (_keep, shutdown) = watch::channel(());
+        let activity = Activity::new();
+        let mut body = activity
+            .track(Stream::Silent)
+            .call(Request::new(()))
+            .await
+            .unwrap()
+            .into_body();
+        take_frame(&mut body).await;
+        let driven = tokio::time::timeout(6 * TIMEOUT, drive(&activity, true, shutdown)).await;
+        assert!(driven.is_err(), "a response waiting for its vendor was cut off");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_dropped_while_waiting_for_its_client_stops_counting() {
+        let activity = Activity::new();
+        let waiting = || activity.waiting_on_client.load(Ordering::Acquire);
+        let mut body = activity
+            .track(Stream::Endless)
+            .call(Request::new(()))
+            .await
+            .unwrap()
+            .into_body();
+        take_frame(&mut body).await;
+        assert_eq!(waiting(), 1);
+        take_frame(&mut body).await;
+        assert_eq!(waiting(), 1, "asking again ends the previous wait");
+        drop(body);
+        assert_eq!(waiting(), 0);
+        assert_eq!(activity.in_flight.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test(start_paused = true)]

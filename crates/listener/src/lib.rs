@@ -9,6 +9,8 @@
 //! woke the runtime's driver through its eventfd (a syscall per request). Here each
 //! connection keeps one timer and counts its requests in flight ([`activity`]); the
 //! timer is only looked at when it fires, and a request costs two atomic updates.
+//! The same timer drops a connection whose client has stopped reading a response
+//! for as long (see [`activity`]).
 #![forbid(unsafe_code)]
 
 mod activity;
@@ -207,6 +209,7 @@ pub async fn serve<S, B, F>(
                 Ending::Finished(Err(error)) => tracing::debug!(%error, %peer, "connection ended with an error"),
                 Ending::Finished(Ok(())) => {}
                 Ending::Abandoned => tracing::debug!(%peer, "dropped: idle, and did not close in time"),
+                Ending::Stalled => tracing::info!(%peer, "dropped: the client stopped reading its response"),
             }
             drop(permit);
         });
