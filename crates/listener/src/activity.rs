@@ -416,6 +416,11 @@ mod tests {
         }
     }
 
+    /// The body of a response the connection is serving.
+    async fn respond(activity: &Arc<Activity>, body: Stream) -> TrackedBody<Stream> {
+        activity.track(body).call(Request::new(())).await.unwrap().into_body()
+    }
+
     /// What hyper does when its client has room for more: asks the body for a frame.
     async fn take_frame<B: Body + Unpin>(body: &mut B) {
         let mut body = Pin::new(body);
@@ -435,12 +440,7 @@ mod tests {
             let activity = Arc::clone(&activity);
             tokio::spawn(async move { drive(&activity, true, shutdown).await })
         };
-        let mut body = activity
-            .track(Stream::Endless)
-            .call(Request::new(()))
-            .await
-            .unwrap()
-            .into_body();
+        let mut body = respond(&activity, Stream::Endless).await;
         // A slow but steady reader: a frame every 5 s, for 30 s.
         for _ in 0..=6 {
             take_frame(&mut body).await;
@@ -457,12 +457,7 @@ mod tests {
     async fn a_response_waiting_for_the_vendor_is_not_a_stall() {
         let (_keep, shutdown) = watch::channel(());
         let activity = Activity::new();
-        let mut body = activity
-            .track(Stream::Silent)
-            .call(Request::new(()))
-            .await
-            .unwrap()
-            .into_body();
+        let mut body = respond(&activity, Stream::Silent).await;
         take_frame(&mut body).await;
         let driven = tokio::time::timeout(6 * TIMEOUT, drive(&activity, true, shutdown)).await;
         assert!(driven.is_err(), "a response waiting for its vendor was cut off");
@@ -472,12 +467,7 @@ mod tests {
     async fn a_body_dropped_while_waiting_for_its_client_stops_counting() {
         let activity = Activity::new();
         let waiting = || activity.waiting_on_client.load(Ordering::Acquire);
-        let mut body = activity
-            .track(Stream::Endless)
-            .call(Request::new(()))
-            .await
-            .unwrap()
-            .into_body();
+        let mut body = respond(&activity, Stream::Endless).await;
         take_frame(&mut body).await;
         assert_eq!(waiting(), 1);
         take_frame(&mut body).await;
