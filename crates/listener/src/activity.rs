@@ -6,7 +6,7 @@
 //! service is called. An idle connection gets `timeout` to produce that head, after
 //! which it is asked to close gracefully (hyper finishes writing what it holds, then
 //! closes; an HTTP/2 client gets a GOAWAY) and dropped if it is still open another
-//! `timeout` later. Busy connections are never cut off by this timer. A `CONNECT`
+//! `timeout` later. Busy connections are not closed as idle. A `CONNECT`
 //! request carries a [`ConnectionActivity`] in its extensions, so that a tunnel,
 //! which outlives its response on HTTP/2, keeps its connection busy while open.
 //!
